@@ -1,0 +1,234 @@
+"""Every ASAG parameter, declared once.
+
+``PARAMS`` is the single source of truth: the UI controls, their order (which is the frozen
+positional order of the API's ``args``), the named API fields, the infotext keys, the XYZ axes,
+the validation and the README table are all derived from it. Per-job values travel as a frozen
+``AsagParams``; code replaces it (``dataclasses.replace``), never mutates it, because the WebUI's
+X/Y/Z plot shallow-copies the processing object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+INFOTEXT_PREFIX = "ASAG"
+# Always written while ASAG is on, so its presence is what "enabled" means in pasted infotext.
+ENABLED_MARKER_KEY = "ASAG scale"
+NOTE_KEY = "ASAG note"  # why ASAG was not applied, when it was not
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str  # python / API name
+    label: str  # UI label
+    kind: type  # bool, int, float or str
+    default: Any
+    help: str  # hover hint and README text
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] | None = None
+    infotext_key: str | None = None  # None: not written (the enable flag is implied by the marker)
+    xyz: bool = True  # offered as an X/Y/Z plot axis
+
+    def describe_allowed(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.kind is bool:
+            return "true or false"
+        if self.minimum is not None:
+            what = "a whole number" if self.kind is int else "a number"
+            return f"{what} from {_fmt(self.minimum)} to {_fmt(self.maximum)}"
+        return "text"
+
+    def coerce(self, value: Any) -> Any:
+        """Convert ``value`` (from the UI, JSON or infotext text) to this parameter's type, or raise
+        ``ValueError`` naming the field and the allowed values."""
+        try:
+            converted = _convert(self.kind, value)
+        except (TypeError, ValueError):
+            converted = None
+        if converted is None or (self.choices and converted not in self.choices) or (
+            self.minimum is not None and not (self.minimum <= converted <= self.maximum)
+        ):
+            raise ValueError(f"ASAG parameter '{self.name}' ({self.label}): got {value!r}, expected {self.describe_allowed()}")
+        return converted
+
+
+def _fmt(x: float | None) -> str:
+    return f"{x:g}"
+
+
+def _convert(kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        return None
+    if isinstance(value, bool):
+        return None  # True is not a scale
+    if kind is int:
+        number = float(value)
+        return int(number) if number.is_integer() else None
+    if kind is float:
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return value.strip() if isinstance(value, str) else None
+
+
+# Order is the API's positional order: append new parameters at the end, never reorder.
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("enabled", "Enable ASAG", bool, False,
+              "Turn Adversarial Sinkhorn Attention Guidance on for this generation.", xyz=False),
+    ParamSpec("scale", "ASAG scale", float, 1.5,
+              "Guidance strength w: the result moves by w * (cond - perturbed). 0 turns the extra pass off. "
+              "1 to 3 with CFG; 3 to 5 without CFG.",
+              minimum=0.0, maximum=20.0, step=0.05, infotext_key="ASAG scale"),
+    ParamSpec("iterations", "Sinkhorn iterations", int, 2,
+              "Sinkhorn balancing steps for the adversarial plan. 0 is plain (negated) softmax; "
+              "2-3 are nearly balanced; more costs a little time and changes little.",
+              minimum=0, maximum=50, step=1, infotext_key="ASAG iterations"),
+    ParamSpec("strength", "Adversarial strength", float, 1.0,
+              "lambda: how hard the plan pushes queries away from similar keys. 0 gives uniform attention; "
+              "negative values give ordinary balanced attention (an ablation).",
+              minimum=-5.0, maximum=5.0, step=0.05, infotext_key="ASAG strength"),
+    ParamSpec("layers", "Layers", str, "middle",
+              "Self-attention layers to perturb: all, input, middle, output, or blocks such as m0, d1, d1.0, u0-2 "
+              "(d = input, m = middle, u = output; numbered among the blocks that have attention; .N picks a "
+              "transformer block), comma separated.",
+              infotext_key="ASAG layers", xyz=True),
+    ParamSpec("start", "Active from", float, 0.0,
+              "Start of the active window, as a fraction of sampling progress (0 = first step).",
+              minimum=0.0, maximum=1.0, step=0.01, infotext_key="ASAG start"),
+    ParamSpec("end", "Active until", float, 1.0,
+              "End of the active window, as a fraction of sampling progress (1 = last step).",
+              minimum=0.0, maximum=1.0, step=0.01, infotext_key="ASAG end"),
+    ParamSpec("progress_by", "Progress measured by", str, "steps",
+              "steps: the window counts sampler steps. sigma: the window follows the noise level "
+              "(log-sigma between the model's largest and smallest), the same for every sampler and denoise strength.",
+              choices=("steps", "sigma"), infotext_key="ASAG progress by"),
+    ParamSpec("schedule", "Scale schedule", str, "constant",
+              "How the scale changes over the active window: constant, or a linear or cosine decay "
+              "from the full scale at its start to 0 at its end (strong on layout, light on detail).",
+              choices=("constant", "linear", "cosine"), infotext_key="ASAG schedule"),
+    ParamSpec("rescale", "Rescale", float, 0.0,
+              "Blend towards the guided prediction rescaled to the conditional prediction's standard deviation "
+              "(as CFG rescale). Tames over-saturation at high scales. 0 = off.",
+              minimum=0.0, maximum=1.0, step=0.05, infotext_key="ASAG rescale"),
+    ParamSpec("hires", "Hires. fix pass", str, "same",
+              "What ASAG does in the hires. fix second pass: same settings, override (the two values below), "
+              "off, or only (skip the first pass).",
+              choices=("same", "override", "off", "only"), infotext_key="ASAG hires"),
+    ParamSpec("hires_scale", "Hires. fix scale", float, 1.5,
+              "ASAG scale in the hires. fix pass when the hires mode is override.",
+              minimum=0.0, maximum=20.0, step=0.05, infotext_key="ASAG hires scale"),
+    ParamSpec("hires_iterations", "Hires. fix iterations", int, 2,
+              "Sinkhorn iterations in the hires. fix pass when the hires mode is override.",
+              minimum=0, maximum=50, step=1, infotext_key="ASAG hires iterations"),
+    ParamSpec("full_batch", "Full-batch compatibility", bool, False,
+              "Run the extra pass on the whole cond + uncond batch instead of the cond rows only. Slower; "
+              "chosen automatically when a ControlNet unit needs it (IP-Adapter, reference, inpaint_only, ...).",
+              infotext_key="ASAG full batch", xyz=False),
+)
+
+PARAM_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
+PARAM_BY_INFOTEXT_KEY: dict[str, ParamSpec] = {spec.infotext_key: spec for spec in PARAMS if spec.infotext_key}
+
+
+class _AsagParamsMethods:
+    """Behaviour of ``AsagParams``, whose fields are generated from ``PARAMS`` below."""
+
+    def __post_init__(self):
+        for spec in PARAMS:
+            object.__setattr__(self, spec.name, spec.coerce(getattr(self, spec.name)))
+        if self.start > self.end:
+            raise ValueError(f"ASAG parameters 'start' and 'end': the window start ({self.start:g}) must not be after its end ({self.end:g})")
+        if not self.layers:
+            raise ValueError("ASAG parameter 'layers' (Layers): empty, expected a layer list such as 'middle'")
+
+    # ---- readers ---------------------------------------------------------------------------
+    @classmethod
+    def from_named(cls, fields: Mapping[str, Any]) -> "AsagParams":
+        """From a dict of named fields (the API's named form); missing fields take their defaults."""
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"ASAG named arguments must be an object of fields, got {type(fields).__name__}")
+        unknown = sorted(set(fields) - set(PARAM_BY_NAME))
+        if unknown:
+            raise ValueError(f"ASAG: unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(PARAM_BY_NAME)}")
+        return cls(**dict(fields))
+
+    @classmethod
+    def from_args(cls, args: Sequence[Any]) -> "AsagParams":
+        """From a script's argument list: the positional values in ``PARAMS`` order, or a single dict
+        of named fields as the first element (the API's named form)."""
+        args = list(args)
+        if args and isinstance(args[0], Mapping):
+            if len(args) > 1:
+                raise ValueError("ASAG: with named fields, send the dict as the only element of 'args'")
+            return cls.from_named(args[0])
+        if len(args) > len(PARAMS):
+            raise ValueError(f"ASAG: got {len(args)} positional args, at most {len(PARAMS)}: {', '.join(PARAM_BY_NAME)}")
+        return cls(**{spec.name: value for spec, value in zip(PARAMS, args)})
+
+    @classmethod
+    def from_infotext(cls, params: Mapping[str, str]) -> "AsagParams":
+        """From parsed infotext (``key -> text``). No marker key means ASAG was off."""
+        if ENABLED_MARKER_KEY not in params:
+            return cls(enabled=False)
+        values = {spec.name: _unquote(params[key]) for key, spec in PARAM_BY_INFOTEXT_KEY.items() if key in params}
+        return cls(enabled=True, **values)
+
+    # ---- writers ---------------------------------------------------------------------------
+    def to_args(self) -> list[Any]:
+        return [getattr(self, spec.name) for spec in PARAMS]
+
+    def to_infotext(self) -> dict[str, Any]:
+        """Infotext entries: the marker always, other values only where they differ from the default."""
+        if not self.enabled:
+            return {}
+        out = {}
+        for spec in PARAMS:
+            value = getattr(self, spec.name)
+            if spec.infotext_key and (spec.infotext_key == ENABLED_MARKER_KEY or value != spec.default):
+                out[spec.infotext_key] = round(value, 4) if isinstance(value, float) else value
+        return out
+
+    def replace(self, **changes) -> "AsagParams":
+        return dataclasses.replace(self, **changes)
+
+    def for_hires_pass(self) -> "AsagParams | None":
+        """Settings for the hires. fix second pass, or None when ASAG is off there."""
+        if self.hires == "off":
+            return None
+        if self.hires == "override":
+            return self.replace(scale=self.hires_scale, iterations=self.hires_iterations)
+        return self
+
+    def runs_first_pass(self) -> bool:
+        return self.hires != "only"
+
+
+def _unquote(text: Any) -> Any:
+    # The WebUI JSON-quotes infotext values that contain ',', ':' or a newline (layer lists).
+    if isinstance(text, str) and len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+# One generation's ASAG settings, validated on construction; fields and defaults come from PARAMS.
+AsagParams = dataclasses.make_dataclass(
+    "AsagParams",
+    [(spec.name, spec.kind, dataclasses.field(default=spec.default)) for spec in PARAMS],
+    bases=(_AsagParamsMethods,),
+    frozen=True,
+)
+AsagParams.__module__ = __name__  # make_dataclass names the dataclasses module otherwise

@@ -1,0 +1,191 @@
+"""The seven properties of the operator's contract (asag-method.md, section 2)."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from asag import sinkhorn
+from asag.sinkhorn import adversarial_sinkhorn_attention as asa, adversarial_sinkhorn_attention_heads as asa_heads
+from tests.core.reference import reference_attention, reference_plan
+
+
+def rand(*shape, seed=0, scale=1.0, dtype=torch.float32):
+    return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
+
+
+def plan_of(q, k, **kwargs):
+    """The operator's plan P itself: with v = identity, P @ v = P."""
+    n_k = k.shape[-2]
+    eye = torch.eye(n_k, dtype=q.dtype).expand(*k.shape[:-2], n_k, n_k)
+    return asa(q, k, eye, **kwargs).double()
+
+
+shapes = st.tuples(
+    st.integers(1, 3),  # groups (batch x heads)
+    st.integers(1, 40),  # n_q
+    st.integers(0, 30),  # extra keys (n_k >= n_q, as reference-only makes)
+    st.sampled_from([4, 8, 16, 40]),  # d
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, iterations=st.integers(0, 6), strength=st.floats(-2, 3), seed=st.integers(0, 2**16), amplitude=st.floats(0.1, 3))
+def test_rows_sum_to_one_and_match_float64_reference(shape, iterations, strength, seed, amplitude):
+    groups, n_q, extra, d = shape
+    n_k = n_q + extra
+    q, k, v = rand(groups, n_q, d, seed=seed, scale=amplitude), rand(groups, n_k, d, seed=seed + 1, scale=amplitude), rand(groups, n_k, 5, seed=seed + 2)
+    plan = plan_of(q, k, iterations=iterations, strength=strength)
+    torch.testing.assert_close(plan.sum(-1), torch.ones(groups, n_q, dtype=torch.float64), atol=1e-5, rtol=0)  # property 1
+    ref = reference_attention(q, k, v, iterations=iterations, strength=strength)
+    out = asa(q, k, v, iterations=iterations, strength=strength)
+    assert (out.double() - ref).abs().max() <= 1e-4  # property 5
+
+
+def test_output_is_not_shrunk_by_the_marginals():
+    # The public port's bug: a plan with 1/n marginals used unscaled shrinks the output n-fold.
+    q, k = rand(2, 64, 16), rand(2, 64, 16, seed=1)
+    v = torch.ones(2, 64, 3)
+    torch.testing.assert_close(asa(q, k, v, iterations=5), torch.ones(2, 64, 3), atol=1e-5, rtol=0)
+
+
+def test_zero_iterations_is_softmax_of_negated_logits():
+    q, k = rand(3, 20, 8), rand(3, 25, 8, seed=1)
+    expected = torch.softmax(-1.0 * 8 ** -0.5 * q @ k.transpose(-1, -2), dim=-1).double()
+    torch.testing.assert_close(plan_of(q, k, iterations=0), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 7])
+def test_zero_strength_is_the_mean_of_v(iterations):
+    q, k, v = rand(2, 10, 8), rand(2, 12, 8, seed=1), rand(2, 12, 4, seed=2)
+    out = asa(q, k, v, iterations=iterations, strength=0.0)
+    torch.testing.assert_close(out, v.mean(dim=1, keepdim=True).expand(2, 10, 4), atol=1e-6, rtol=0)
+
+
+def test_negative_strength_without_iterations_is_ordinary_attention():
+    q, k, v = rand(2, 4, 30, 16), rand(2, 4, 30, 16, seed=1), rand(2, 4, 30, 16, seed=2)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(asa(q, k, v, iterations=0, strength=-1.0), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_adversarial_plan_prefers_dissimilar_keys():
+    # Each query's heaviest key under ASAG is its least similar one at T = 0.
+    q, k = rand(1, 16, 8, scale=2), rand(1, 16, 8, seed=1, scale=2)
+    plan = plan_of(q, k, iterations=0)
+    assert torch.equal(plan.argmax(-1), (q @ k.transpose(-1, -2)).argmin(-1).view(1, 16))
+
+
+@pytest.mark.parametrize("n_q,n_k", [(32, 32), (24, 40)])
+def test_columns_converge_to_target(n_q, n_k):
+    q, k = rand(2, n_q, 16), rand(2, n_k, 16, seed=1)
+    target = n_q / n_k
+    errors = [(plan_of(q, k, iterations=t).sum(-2) - target).abs().max().item() for t in (0, 2, 10, 30)]
+    assert errors[2] <= 1e-3, errors  # property 3
+    assert errors[0] > errors[1] > errors[2] and errors[3] <= 1e-5, errors
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("amplitude", [1.0, 12.0, 40.0])
+def test_finite_for_huge_logits_in_every_dtype(dtype, amplitude):
+    # amplitude 40, d 64: logits reach ~1e3 and rows span far more than 100 (exp overflows float32 past 88).
+    q, k, v = rand(2, 3, 50, 64, scale=amplitude, dtype=dtype), rand(2, 3, 60, 64, seed=1, scale=amplitude, dtype=dtype), rand(2, 3, 60, 64, seed=2, dtype=dtype)
+    logits = 64 ** -0.5 * q.double() @ k.double().transpose(-1, -2)
+    if amplitude == 40.0:
+        assert logits.abs().max() > 1e3 and (logits.amax(-1) - logits.amin(-1)).min() > 100
+    for iterations in (0, 2, 10):
+        out = asa(q, k, v, iterations=iterations)
+        assert out.dtype == dtype
+        assert torch.isfinite(out).all(), (dtype, amplitude, iterations)
+        ref = reference_attention(q, k, v, iterations=iterations)
+        tolerance = {torch.float32: 2e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+        assert (out.double() - ref).abs().max() <= tolerance
+
+
+def test_scaling_and_log_forms_agree(monkeypatch):
+    q, k, v = rand(4, 40, 16, scale=2), rand(4, 50, 16, seed=1, scale=2), rand(4, 50, 8, seed=2)
+    fast = asa(q, k, v, iterations=4)
+    monkeypatch.setattr(sinkhorn, "SCALING_SPAN_LIMIT", 0.0)  # forces the log form
+    slow = asa(q, k, v, iterations=4)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+class LargestAllocation(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("amplitude", [1.0, 40.0])  # the scaling form and the log form
+def test_memory_stays_within_one_chunk(amplitude):
+    groups, n = 16, 256
+    one_slice = n * n * 4
+    # d small enough that q, k, v and the output are smaller than one n x n slice
+    q, k, v = rand(groups, n, 8, scale=amplitude * 2), rand(groups, n, 8, seed=1, scale=amplitude * 2), rand(groups, n, 8, seed=2)
+    budget = 2 * one_slice
+    with LargestAllocation() as tracker:
+        out = asa(q, k, v, iterations=2, max_chunk_bytes=budget)
+    assert tracker.largest <= budget, (tracker.largest, groups * one_slice)  # never the full groups x n x n
+    torch.testing.assert_close(out, asa(q, k, v, iterations=2), atol=1e-6, rtol=0)
+    with LargestAllocation() as tracker:
+        asa(q, k, v, iterations=2, max_chunk_bytes=1)  # smaller than one slice: one group at a time
+    assert tracker.largest <= one_slice
+
+
+def test_heads_layout_matches_per_head_computation():
+    b, n_q, n_k, heads, d = 2, 12, 20, 4, 8
+    q, k, v = rand(b, n_q, heads * d), rand(b, n_k, heads * d, seed=1), rand(b, n_k, heads * d, seed=2)
+    out = asa_heads(q, k, v, heads, iterations=3)
+    assert out.shape == (b, n_q, heads * d)
+    for h in range(heads):
+        cols = slice(h * d, (h + 1) * d)
+        expected = reference_attention(q[..., cols], k[..., cols], v[..., cols], iterations=3)
+        assert (out[..., cols].double() - expected).abs().max() <= 1e-5
+    # Not the public port's single head of width heads * d:
+    assert (out.double() - reference_attention(q, k, v, iterations=3, scale=d ** -0.5)).abs().max() > 1e-3
+
+
+def test_leading_dims_and_dtype_are_kept():
+    q, k, v = rand(2, 3, 7, 8, dtype=torch.float16), rand(2, 3, 9, 8, seed=1, dtype=torch.float16), rand(2, 3, 9, 5, seed=2, dtype=torch.float16)
+    out = asa(q, k, v, iterations=2)
+    assert out.shape == (2, 3, 7, 5) and out.dtype == torch.float16
+
+
+def test_runs_in_float32_under_autocast():
+    q, k, v = rand(2, 30, 16, scale=6), rand(2, 30, 16, seed=1, scale=6), rand(2, 30, 16, seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = asa(q, k, v, iterations=2)
+    assert out.dtype == torch.float32
+    assert (out.double() - reference_attention(q, k, v, iterations=2)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("bad", [
+    dict(iterations=-1), dict(iterations=1.5),
+])
+def test_rejects_bad_iterations(bad):
+    q = rand(1, 4, 8)
+    with pytest.raises(ValueError, match="iterations"):
+        asa(q, q, q, **bad)
+
+
+def test_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        asa(rand(2, 4, 8), rand(2, 5, 6), rand(2, 5, 3), iterations=1)
+    with pytest.raises(ValueError, match="divisible"):
+        asa_heads(rand(1, 4, 10), rand(1, 4, 10), rand(1, 4, 10), 3, iterations=1)
+
+
+def test_nan_input_propagates_instead_of_raising():
+    # Not an exception inside the UNet: the host's own NaN check then reports it with its advice
+    # (fp16 overflow, --no-half). Sinkhorn couples rows, so one NaN query spoils the whole plan.
+    q = rand(1, 4, 8)
+    q[0, 0, 0] = math.nan
+    assert asa(q, rand(1, 4, 8), rand(1, 4, 8), iterations=0)[0, 0].isnan().all()
+    assert asa(q, rand(1, 4, 8), rand(1, 4, 8), iterations=1).isnan().all()

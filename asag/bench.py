@@ -132,12 +132,13 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--latent", type=int, default=64, help="step: latent side (64 = 512x512)")
     args = parser.parse_args(argv)
     if args.what == "attention":
         bench_attention(args.device, args.dtype, args.repeats)
     else:
         from .stepbench import bench_step
-        bench_step(args.device, args.repeats)
+        bench_step(args.device, args.repeats, args.latent)
 
 
 if __name__ == "__main__":

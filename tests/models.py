@@ -22,4 +22,15 @@ def tiny_unet(layout: str = "sd1", seed: int = 0, in_channels: int = 4) -> UNetM
         raise ValueError(layout)
     # ldm's SpatialTransformer indexes context_dim per transformer block: give it one per block.
     common["context_dim"] = [CONTEXT_DIM] * config["transformer_depth"]
-    return UNetModel(**common, **config).eval()
+    return wake_zero_layers(UNetModel(**common, **config).eval())
+
+
+def wake_zero_layers(model: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
+    """ldm zero-initialises the last layer of every residual branch (ResBlock out, SpatialTransformer
+    proj_out, UNet out): a fresh model's attention would change nothing. Trained weights are not
+    zero, so give those layers small random values (seeded by the caller's manual_seed)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, std)
+    return model

@@ -1,0 +1,51 @@
+"""Per-generation bookkeeping shared by every host: reading the parameters (UI args, API payload,
+X/Y/Z overrides), choosing the settings of each sampling pass, and reporting why ASAG did not
+apply. Nothing here touches a model."""
+from __future__ import annotations
+
+from ..log import logger
+from ..params import PARAMS, AsagParams
+from . import infotext
+
+XYZ_ATTR_PREFIX = "asag_"  # X/Y/Z axes set p.asag_<param name> on their (shallow) copy of p
+
+
+def read_params(p, args) -> AsagParams:
+    """The generation's settings: the script args (positional, or one dict of named fields), with
+    any X/Y/Z axis values on ``p`` taking precedence. Raises ``ValueError`` on bad input."""
+    params = AsagParams.from_args(args)
+    overrides = {spec.name: getattr(p, XYZ_ATTR_PREFIX + spec.name) for spec in PARAMS if hasattr(p, XYZ_ATTR_PREFIX + spec.name)}
+    return params.replace(**overrides) if overrides else params
+
+
+def start(p, args) -> AsagParams | None:
+    """Called once per ``process_images``: the enabled settings, or None when ASAG is off or the
+    input is bad (then the console and the infotext say which field and what is allowed, and the
+    image is made exactly as with ASAG off: the WebUI lets no script fail a request)."""
+    try:
+        params = read_params(p, args)
+    except ValueError as err:
+        logger.error("not applied: %s", err)
+        infotext.write(p.extra_generation_params, None, note=f"not applied: {err}")
+        return None
+    if not params.enabled:
+        infotext.write(p.extra_generation_params, None)
+        return None
+    infotext.write(p.extra_generation_params, params)
+    return params
+
+
+def params_for_pass(params: AsagParams | None, is_hr_pass: bool) -> AsagParams | None:
+    """The settings for one sampling pass (first pass or hires. fix), or None to skip it."""
+    if params is None:
+        return None
+    if is_hr_pass:
+        return params.for_hires_pass()
+    return params if params.runs_first_pass() else None
+
+
+def not_applied(p, reason: str) -> None:
+    """ASAG cannot apply: say so in the console and the infotext; the caller leaves the image alone."""
+    logger.warning("not applied: %s", reason)
+    # Only the note: the settings' keys would make a paste turn ASAG on for a model it cannot apply to.
+    infotext.write(p.extra_generation_params, None, note=f"not applied: {reason}")

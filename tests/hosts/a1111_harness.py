@@ -1,0 +1,107 @@
+"""A small WebUI for tests: the stand-in host modules (tests/hosts/a1111_standin), a real
+random-weight ldm LatentDiffusion as ``shared.sd_model``, and the extension's script loaded the
+way the WebUI loads it (module named after the file, registered callbacks and all)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import torch
+
+from tests.conftest import ROOT
+from tests.models import wake_zero_layers
+
+STANDIN = os.path.join(ROOT, "tests", "hosts", "a1111_standin")
+CONTEXT_DIM, TOKENS = 32, 8
+
+
+TINY_UNET = dict(image_size=16, model_channels=32, num_res_blocks=2, attention_resolutions=[1, 2, 4], channel_mult=[1, 2, 2],
+                 num_head_channels=8, use_spatial_transformer=True, transformer_depth=1, context_dim=CONTEXT_DIM, legacy=False)
+# configs/v1-inference.yaml's UNet: the real SD1.5 shape, with random weights.
+SD15_UNET = dict(image_size=64, model_channels=320, num_res_blocks=2, attention_resolutions=[4, 2, 1], channel_mult=[1, 2, 4, 4],
+                 num_heads=8, use_spatial_transformer=True, transformer_depth=1, context_dim=768, legacy=False)
+
+
+def tiny_latent_diffusion(conditioning_key="crossattn", in_channels=4, seed=0, unet_params=TINY_UNET):
+    from ldm.models.diffusion.ddpm import LatentDiffusion
+
+    torch.manual_seed(seed)
+    unet = {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+            "params": dict(unet_params, in_channels=in_channels, out_channels=4)}
+    vae = {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
+        "embed_dim": 4, "lossconfig": {"target": "torch.nn.Identity"},
+        "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 128, "in_channels": 3, "out_ch": 3, "ch": 32,
+                     "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+    model = LatentDiffusion(first_stage_config=vae, cond_stage_config={"target": "torch.nn.Identity"}, unet_config=unet,
+                            conditioning_key=conditioning_key, linear_start=0.00085, linear_end=0.012, timesteps=1000,
+                            scale_factor=0.18215, cond_stage_key="txt", image_size=16, channels=4, use_ema=False)
+    wake_zero_layers(model.model)
+    return model.eval()
+
+
+class WebUI:
+    """Imports the stand-in ``modules`` package; ``load_extension()`` runs scripts/asag.py."""
+
+    def __init__(self, sd_model=None, context_dim=CONTEXT_DIM, tokens=TOKENS):
+        self.context_dim, self.tokens = context_dim, tokens
+        sys.path.insert(0, STANDIN)
+        for name in [m for m in sys.modules if m == "modules" or m.startswith("modules.")]:
+            del sys.modules[name]
+        from modules import processing, prompt_parser, script_callbacks, scripts, shared
+        self.processing, self.prompt_parser, self.callbacks, self.scripts, self.shared = processing, prompt_parser, script_callbacks, scripts, shared
+        script_callbacks.clear_callbacks()
+        shared.sd_model = sd_model if sd_model is not None else tiny_latent_diffusion()
+        self.module = None
+
+    def close(self):
+        self.callbacks.clear_callbacks()
+        sys.path.remove(STANDIN)
+        for name in [m for m in sys.modules if m == "modules" or m.startswith("modules.") or m == "asag.py"]:
+            del sys.modules[name]
+
+    def load_extension(self):
+        path = os.path.join(ROOT, "scripts", "asag.py")
+        spec = importlib.util.spec_from_file_location("asag.py", path)  # script_loading.load_module
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.module = module
+        return module
+
+    def new_script(self):
+        script = self.module.AsagScript()
+        script.filename = "scripts/asag.py"
+        from asag.params import PARAMS
+        script.n_args = len(PARAMS)
+        return script
+
+    # ---- generation --------------------------------------------------------------------------
+    def conds(self, batch_size, and_weights=None, uncond_tokens=None, steps=1000, seed=1):
+        """Conditionings as the WebUI's prompt parser hands them to the sampler. ``and_weights``:
+        per image, the weights of its AND parts (default: one part of weight 1)."""
+        pp = self.prompt_parser
+        gen = torch.Generator().manual_seed(seed)
+        and_weights = and_weights or [[1.0]] * batch_size
+        batch = [[pp.ComposableScheduledPromptConditioning([pp.ScheduledPromptConditioning(steps, torch.randn(self.tokens, self.context_dim, generator=gen))], w)
+                  for w in weights] for weights in and_weights]
+        cond = pp.MulticondLearnedConditioning((batch_size,), batch)
+        uncond = [[pp.ScheduledPromptConditioning(steps, torch.randn(uncond_tokens or self.tokens, self.context_dim, generator=gen))] for _ in range(batch_size)]
+        return cond, uncond
+
+    def generate(self, asag_args=None, batch_size=1, and_weights=None, uncond_tokens=None, **kwargs):
+        """One ``process_images`` call. ``asag_args``: the script's args (positional list, or
+        ``[dict]``), or None for a WebUI without the extension's script."""
+        p = self.processing_for(asag_args, batch_size, and_weights, uncond_tokens, **kwargs)
+        return self.processing.process_images(p), p
+
+    def processing_for(self, asag_args=None, batch_size=1, and_weights=None, uncond_tokens=None, **kwargs):
+        cond, uncond = self.conds(batch_size, and_weights, uncond_tokens=uncond_tokens)
+        scripts = [] if asag_args is None else [self.new_script()]
+        runner = self.scripts.ScriptRunner(scripts)
+        if scripts:
+            from asag.params import PARAMS
+            args = list(asag_args) + [s.default for s in PARAMS][len(asag_args):] if not (asag_args and isinstance(asag_args[0], dict)) else list(asag_args)
+            script_args = (0, *args)
+        else:
+            script_args = (0,)
+        return self.processing.Processing(cond=cond, uncond=uncond, batch_size=batch_size, scripts=runner, script_args=script_args, **kwargs)

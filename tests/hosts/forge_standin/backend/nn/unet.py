@@ -1,0 +1,160 @@
+# Stand-in for lllyasviel/stable-diffusion-webui-forge backend/nn/unet.py at
+# dfdcbab685e57677014f05a3309b48cc87383167: Forge's UNet forward, run over the modules of a real
+# ldm UNetModel (whose own forward knows nothing of transformer_options).
+#
+# Kept faithful: transformer_options["original_shape"], "transformer_index" (counted per
+# SpatialTransformer), "block" = (part, id) set before each block, "block_index" set per
+# transformer block, block modifiers, and BasicTransformerBlock._forward's patch protocol:
+# attn1_patch / attn2_patch before the projections, the replace patch looked up by
+# (block[0], block[1], block_index) and then (block[0], block[1]), called with q, k, v already
+# projected by to_q/to_k/to_v and extra_options = transformer_options minus "patches" and
+# "patches_replace", plus n_heads and dim_head; its output goes through to_out.
+# Not modelled: ControlNet residuals (control is accepted and ignored), block_inner_modifiers,
+# the input/output block patches.
+import torch
+from einops import rearrange
+from ldm.modules.attention import SpatialTransformer
+from ldm.modules.diffusionmodules.openaimodel import TimestepBlock
+from ldm.modules.diffusionmodules.util import timestep_embedding
+
+
+def _attention(attn, q, k, v, heads):
+    b, n, inner = q.shape
+    split = lambda t: t.reshape(b, t.shape[1], heads, -1).transpose(1, 2)
+    out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).reshape(b, n, inner)
+
+
+def _cross_attention(attn, x, context, value, heads):
+    """ldm's CrossAttention when no value is given (the real module); Forge's form otherwise."""
+    if value is None:
+        return attn(x, context=context)
+    context = x if context is None else context
+    return attn.to_out(_attention(attn, attn.to_q(x), attn.to_k(context), attn.to_v(value), heads))
+
+
+def basic_transformer_block(block, x, context=None, transformer_options={}):
+    extra_options = {}
+    block_id = transformer_options.get("block", None)
+    block_index = transformer_options.get("block_index", 0)
+    transformer_patches, transformer_patches_replace = {}, {}
+    for k in transformer_options:
+        if k == "patches":
+            transformer_patches = transformer_options[k]
+        elif k == "patches_replace":
+            transformer_patches_replace = transformer_options[k]
+        else:
+            extra_options[k] = transformer_options[k]
+    n_heads = block.attn1.heads
+    extra_options["n_heads"] = n_heads
+    extra_options["dim_head"] = block.attn1.to_q.out_features // n_heads
+
+    n = block.norm1(x)
+    context_attn1 = context if block.disable_self_attn else None
+    value_attn1 = None
+    if "attn1_patch" in transformer_patches:
+        if context_attn1 is None:
+            context_attn1 = n
+        value_attn1 = context_attn1
+        for p in transformer_patches["attn1_patch"]:
+            n, context_attn1, value_attn1 = p(n, context_attn1, value_attn1, extra_options)
+    transformer_block = (block_id[0], block_id[1], block_index) if block_id is not None else None
+    attn1_replace_patch = transformer_patches_replace.get("attn1", {})
+    block_attn1 = transformer_block if transformer_block in attn1_replace_patch else block_id
+    if block_attn1 in attn1_replace_patch:
+        if context_attn1 is None:
+            context_attn1 = n
+            value_attn1 = n
+        q = block.attn1.to_q(n)
+        k = block.attn1.to_k(context_attn1)
+        v = block.attn1.to_v(value_attn1)
+        n = block.attn1.to_out(attn1_replace_patch[block_attn1](q, k, v, extra_options))
+    else:
+        n = _cross_attention(block.attn1, n, context_attn1, value_attn1, n_heads)
+    for p in transformer_patches.get("attn1_output_patch", []):
+        n = p(n, extra_options)
+    x = x + n
+
+    n = block.norm2(x)
+    context_attn2, value_attn2 = context, None
+    if "attn2_patch" in transformer_patches:
+        value_attn2 = context_attn2
+        for p in transformer_patches["attn2_patch"]:
+            n, context_attn2, value_attn2 = p(n, context_attn2, value_attn2, extra_options)
+    attn2_replace_patch = transformer_patches_replace.get("attn2", {})
+    block_attn2 = transformer_block if transformer_block in attn2_replace_patch else block_id
+    if block_attn2 in attn2_replace_patch:
+        if value_attn2 is None:
+            value_attn2 = context_attn2
+        q = block.attn2.to_q(n)
+        k = block.attn2.to_k(context_attn2)
+        v = block.attn2.to_v(value_attn2)
+        n = block.attn2.to_out(attn2_replace_patch[block_attn2](q, k, v, extra_options))
+    else:
+        n = _cross_attention(block.attn2, n, context_attn2, value_attn2, n_heads)
+    for p in transformer_patches.get("attn2_output_patch", []):
+        n = p(n, extra_options)
+    x = x + n
+    return block.ff(block.norm3(x)) + x
+
+
+def spatial_transformer(module, x, context=None, transformer_options={}):
+    if not isinstance(context, list):
+        context = [context] * len(module.transformer_blocks)
+    b, c, h, w = x.shape
+    x_in = x
+    x = module.norm(x)
+    if not module.use_linear:
+        x = module.proj_in(x)
+    x = rearrange(x, "b c h w -> b (h w) c").contiguous()
+    if module.use_linear:
+        x = module.proj_in(x)
+    for i, block in enumerate(module.transformer_blocks):
+        transformer_options["block_index"] = i
+        x = basic_transformer_block(block, x, context=context[i], transformer_options=transformer_options)
+    if module.use_linear:
+        x = module.proj_out(x)
+    x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous()
+    if not module.use_linear:
+        x = module.proj_out(x)
+    return x + x_in
+
+
+def timestep_embed_sequential(module, x, emb, context=None, transformer_options={}):
+    for layer in module:
+        if isinstance(layer, TimestepBlock):
+            x = layer(x, emb)
+        elif isinstance(layer, SpatialTransformer):
+            x = spatial_transformer(layer, x, context, transformer_options)
+            if "transformer_index" in transformer_options:
+                transformer_options["transformer_index"] += 1
+        else:
+            x = layer(x)
+    return x
+
+
+def unet_forward(unet, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
+    """Forge's UNet forward over the ldm UNetModel ``unet``."""
+    transformer_options["original_shape"] = list(x.shape)
+    transformer_options["transformer_index"] = 0
+    block_modifiers = transformer_options.get("block_modifiers", [])
+    emb = unet.time_embed(timestep_embedding(timesteps, unet.model_channels, repeat_only=False).to(x.dtype))
+
+    def run(module, h, where):
+        transformer_options["block"] = where
+        for modifier in block_modifiers:
+            h = modifier(h, "before", transformer_options)
+        h = timestep_embed_sequential(module, h, emb, context, transformer_options)
+        for modifier in block_modifiers:
+            h = modifier(h, "after", transformer_options)
+        return h
+
+    hs = []
+    h = x
+    for id, module in enumerate(unet.input_blocks):
+        h = run(module, h, ("input", id))
+        hs.append(h)
+    h = run(unet.middle_block, h, ("middle", 0))
+    for id, module in enumerate(unet.output_blocks):
+        h = run(module, torch.cat([h, hs.pop()], dim=1), ("output", id))
+    return unet.out(h.type(x.dtype))

@@ -98,7 +98,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "lambda: how hard the plan pushes queries away from similar keys. 0 gives uniform attention; "
               "negative values give ordinary balanced attention (an ablation).",
               minimum=-5.0, maximum=5.0, step=0.05, infotext_key="ASAG strength"),
-    ParamSpec("layers", "Layers", str, "middle",
+    ParamSpec("layers", "ASAG layers", str, "middle",
               "Self-attention layers to perturb: all, input, middle, output, or blocks such as m0, d1, d1.0, u0-2 "
               "(d = input, m = middle, u = output; numbered among the blocks that have attention; .N picks a "
               "transformer block), comma separated.",
@@ -117,7 +117,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "How the scale changes over the active window: constant, or a linear or cosine decay "
               "from the full scale at its start to 0 at its end (strong on layout, light on detail).",
               choices=("constant", "linear", "cosine"), infotext_key="ASAG schedule"),
-    ParamSpec("rescale", "Rescale", float, 0.0,
+    ParamSpec("rescale", "ASAG rescale", float, 0.0,
               "Blend towards the guided prediction rescaled to the conditional prediction's standard deviation "
               "(as CFG rescale). Tames over-saturation at high scales. 0 = off.",
               minimum=0.0, maximum=1.0, step=0.05, infotext_key="ASAG rescale"),
@@ -150,28 +150,29 @@ class _AsagParamsMethods:
         if self.start > self.end:
             raise ValueError(f"ASAG parameters 'start' and 'end': the window start ({self.start:g}) must not be after its end ({self.end:g})")
         if not self.layers:
-            raise ValueError("ASAG parameter 'layers' (Layers): empty, expected a layer list such as 'middle'")
+            raise ValueError("ASAG parameter 'layers' (ASAG layers): empty, expected a layer list such as 'middle'")
 
     # ---- readers ---------------------------------------------------------------------------
     @classmethod
-    def from_named(cls, fields: Mapping[str, Any]) -> "AsagParams":
-        """From a dict of named fields (the API's named form); missing fields take their defaults."""
+    def from_named(cls, fields: Mapping[str, Any], defaults: "AsagParams | None" = None) -> "AsagParams":
+        """From a dict of named fields (the API's named form); missing fields take ``defaults``
+        (the built-in defaults unless given, e.g. those of the Settings tab)."""
         if not isinstance(fields, Mapping):
             raise ValueError(f"ASAG named arguments must be an object of fields, got {type(fields).__name__}")
         unknown = sorted(set(fields) - set(PARAM_BY_NAME))
         if unknown:
             raise ValueError(f"ASAG: unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(PARAM_BY_NAME)}")
-        return cls(**dict(fields))
+        return (defaults or cls()).replace(**dict(fields))
 
     @classmethod
-    def from_args(cls, args: Sequence[Any]) -> "AsagParams":
-        """From a script's argument list: the positional values in ``PARAMS`` order, or a single dict
-        of named fields as the first element (the API's named form)."""
+    def from_args(cls, args: Sequence[Any], defaults: "AsagParams | None" = None) -> "AsagParams":
+        """From a script's argument list: the positional values in ``PARAMS`` order, or a dict of
+        named fields as the first element (the API's named form; its missing fields take
+        ``defaults``). The WebUI's API fills the slots after the dict with the UI defaults, so
+        those are ignored then."""
         args = list(args)
         if args and isinstance(args[0], Mapping):
-            if len(args) > 1:
-                raise ValueError("ASAG: with named fields, send the dict as the only element of 'args'")
-            return cls.from_named(args[0])
+            return cls.from_named(args[0], defaults)
         if len(args) > len(PARAMS):
             raise ValueError(f"ASAG: got {len(args)} positional args, at most {len(PARAMS)}: {', '.join(PARAM_BY_NAME)}")
         return cls(**{spec.name: value for spec, value in zip(PARAMS, args)})

@@ -3,7 +3,7 @@
 The engine lives elsewhere: ``asag`` (host-free core) and ``asag.hosts`` (one adapter per host).
 This file only reads the controls, hands them on, and registers callbacks once at import.
 """
-from modules import script_callbacks, scripts  # "import scripts", not "from ... import Script": see a1111.md 1.1
+from modules import script_callbacks, scripts, shared  # "import scripts", not "from ... import Script": see a1111.md 1.1
 
 from asag.hosts import detect, infotext, job, settings, xyz
 
@@ -25,8 +25,6 @@ class AsagScript(scripts.Script):
         # only: processing (API calls, tests) never needs it.
         from modules.ui_components import InputAccordion
 
-        from modules import shared
-
         from asag.hosts import ui
 
         # Defaults from Settings > ASAG, read on every call, so the API's defaults follow them at once.
@@ -35,7 +33,8 @@ class AsagScript(scripts.Script):
         return components
 
     def process(self, p, *args):
-        ADAPTER.start_job(p, job.start(p, args))
+        # The Settings tab's defaults, read now: they fill the fields an API call leaves out.
+        ADAPTER.start_job(p, job.start(p, args, settings.current_defaults(shared.opts)))
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         ADAPTER.before_sampling(p)

@@ -5,10 +5,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
 STAMP="$VENV/.asag-env"
-WANT=$(cat tests/run.sh tests/requirements.txt | sha256sum | cut -c1-16)
+WANT=$(cat tests/run.sh tests/requirements.txt tests/requirements-ui-gradio3.txt tests/requirements-ui-gradio4.txt | sha256sum | cut -c1-16)
+
+# The UI tests (tests/ui/) drive Debian's chromium through Playwright; CI runs as root.
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   rm -rf "$VENV"
+  # The UI tests' two gradio venvs (A1111's 3.41.2, Forge's 4.40.0; no torch), installed alongside.
+  UI_PIDS=""
+  for G in 3 4; do
+    ( rm -rf ".venv-gradio$G" && python3.11 -m venv ".venv-gradio$G" \
+      && ".venv-gradio$G/bin/python" -m pip install --quiet --disable-pip-version-check -r "tests/requirements-ui-gradio$G.txt" ) &
+    UI_PIDS="$UI_PIDS $!"
+  done
   python3.11 -m venv "$VENV"
   PIP="$VENV/bin/python -m pip install --quiet --disable-pip-version-check"
   # torch first, pinned: anything that asks for torchvision or a newer torch would otherwise pull a
@@ -18,6 +31,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   $PIP --no-deps k-diffusion==0.1.1.post1 stable-diffusion-sdkit==2.1.5
   $PIP -r tests/requirements.txt
   "$VENV/bin/python" -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(v.split('+')[0] != '2.14.1')"
+  for PID in $UI_PIDS; do wait "$PID"; done
   echo "$WANT" > "$STAMP"
 fi
 

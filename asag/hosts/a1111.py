@@ -14,15 +14,18 @@ Nothing is left patched between calls, so an exception or an interrupt leaves no
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import torch
 
+from ..diagnostics import Diagnostics, Stopwatch, synchronize
 from ..guidance import progress_from_sigma, progress_from_steps, rescale_to, scale_at
 from ..layers import resolve_layers, self_attention_modules
 from ..params import AsagParams
+from ..log import logger
 from ..sinkhorn import adversarial_sinkhorn_attention_heads
-from . import NotApplicable, controlnet, job
+from . import NotApplicable, controlnet, job, settings
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ModelCall:
     scale: float
     term: torch.Tensor | None = None  # w * (cond - perturbed), per image
     cond_reference: torch.Tensor | None = None  # each image's cond prediction, for rescale
+    main_started: float = 0.0  # diagnostics: when the main UNet pass began
 
 
 @dataclass
@@ -46,6 +50,7 @@ class JobState:
     full_batch: bool = False
     modules_by_unet: dict = field(default_factory=dict)  # id(diffusion_model) -> selected attn1 modules
     call: ModelCall | None = None
+    diagnostics: Diagnostics | None = None
 
 
 class _ActiveJob:
@@ -76,6 +81,10 @@ def start_job(p, params: AsagParams | None) -> None:
         job.not_applied(p, str(err))
         return
     state.full_batch = params.full_batch or controlnet.needs_full_batch(p)
+    from modules import shared
+
+    if settings.diagnostics_enabled(shared.opts):
+        state.diagnostics = Diagnostics()
     ACTIVE.state = state
 
 
@@ -89,6 +98,9 @@ def before_hr(p) -> None:
 
 
 def end_job(p) -> None:
+    state = ACTIVE.state
+    if state is not None and state.p is p and state.diagnostics is not None:
+        logger.info("diagnostics: %s", state.diagnostics.summary())
     ACTIVE.state = None
 
 
@@ -119,15 +131,18 @@ def _selected_modules(state: JobState) -> list:
 
 
 # ---- the attention swap --------------------------------------------------------------------------
-def _sinkhorn_forward(module, params: AsagParams):
+def _sinkhorn_forward(module, params: AsagParams, observe=None):
     """A replacement ``forward`` for one ldm/sgm ``CrossAttention`` used as attn1.
 
     Projections go through the module's own layers (so LoRA and ControlNet-LLLite hooks apply);
-    ``context`` may carry more tokens than ``x`` (ControlNet reference-only's feature bank)."""
+    ``context`` may carry more tokens than ``x`` (ControlNet reference-only's feature bank).
+    ``observe(q, k, heads, scale)``, when given, sees the projections (diagnostics)."""
 
     def forward(x, context=None, mask=None, **kwargs):
         context = x if context is None else context
         q, k, v = module.to_q(x), module.to_k(context), module.to_v(context)
+        if observe is not None:
+            observe(q, k, module.heads, module.scale)
         out = adversarial_sinkhorn_attention_heads(q, k, v, module.heads, iterations=params.iterations,
                                                    strength=params.strength, scale=module.scale)
         return module.to_out(out.to(q.dtype))
@@ -136,14 +151,14 @@ def _sinkhorn_forward(module, params: AsagParams):
 
 
 @contextlib.contextmanager
-def sinkhorn_attention(modules, params: AsagParams):
+def sinkhorn_attention(modules, params: AsagParams, observe=None):
     """Swap the instances' ``forward`` for the duration of one perturbed call, then put back exactly
     what was there (an instance-level forward of another extension, such as Hypertile's, or none,
     which leaves the class's current optimised forward in charge)."""
     saved = [module.__dict__.get("forward") for module in modules]
     try:
         for module in modules:
-            module.forward = _sinkhorn_forward(module, params)
+            module.forward = _sinkhorn_forward(module, params, observe)
         yield
     finally:
         for module, original in zip(modules, saved):
@@ -194,6 +209,9 @@ def on_cfg_denoiser(denoiser_params) -> None:
     scale = scale_at(params, _progress(params, denoiser, denoiser_params))
     if scale != 0:
         state.call = ModelCall(denoiser_params, denoiser, params, scale)
+        if state.diagnostics is not None:
+            synchronize(denoiser_params.x)
+            state.call.main_started = time.perf_counter()
 
 
 def on_cfg_denoised(denoised_params) -> None:
@@ -207,11 +225,33 @@ def on_cfg_denoised(denoised_params) -> None:
         state.call, state.disabled = None, True
         job.not_applied(state.p, str(err))
         return
-    with sinkhorn_attention(modules, call.params):
+    diagnostics = state.diagnostics
+    if diagnostics is not None:
+        synchronize(denoised_params.x)
+        diagnostics.main_seconds += time.perf_counter() - call.main_started
+    # The stopwatch synchronises a GPU: only when diagnostics are on.
+    watch = Stopwatch(denoised_params.x) if diagnostics is not None else contextlib.nullcontext()
+    with watch, sinkhorn_attention(modules, call.params, _plan_observer(diagnostics, call.params)):
         perturbed = _perturbed_pass(call, denoised_params.inner_model, state.full_batch)
     n_cond = perturbed.shape[0]
     cond = denoised_params.x[:n_cond]
     call.term, call.cond_reference = _per_image(call, cond, perturbed)
+    if diagnostics is not None:
+        diagnostics.record_pass(call.term, perturbed, cond, watch.seconds)
+
+
+def _plan_observer(diagnostics: Diagnostics | None, params: AsagParams):
+    """Diagnostics of the first perturbed layer's plan (first row, first head), once per pass."""
+    if diagnostics is None:
+        return None
+    seen = []
+
+    def observe(q, k, heads, scale):
+        if not seen:
+            seen.append(True)
+            d = q.shape[-1] // heads
+            diagnostics.record_plan(q[0, :, :d], k[0, :, :d], iterations=params.iterations, strength=params.strength, scale=scale)
+    return observe
 
 
 def on_cfg_after_cfg(after_params) -> None:

@@ -10,20 +10,21 @@ from . import infotext
 XYZ_ATTR_PREFIX = "asag_"  # X/Y/Z axes set p.asag_<param name> on their (shallow) copy of p
 
 
-def read_params(p, args) -> AsagParams:
-    """The generation's settings: the script args (positional, or one dict of named fields), with
-    any X/Y/Z axis values on ``p`` taking precedence. Raises ``ValueError`` on bad input."""
-    params = AsagParams.from_args(args)
+def read_params(p, args, defaults: AsagParams | None = None) -> AsagParams:
+    """The generation's settings: the script args (positional, or one dict of named fields whose
+    missing fields take ``defaults``), with any X/Y/Z axis values on ``p`` taking precedence.
+    Raises ``ValueError`` on bad input."""
+    params = AsagParams.from_args(args, defaults)
     overrides = {spec.name: getattr(p, XYZ_ATTR_PREFIX + spec.name) for spec in PARAMS if hasattr(p, XYZ_ATTR_PREFIX + spec.name)}
     return params.replace(**overrides) if overrides else params
 
 
-def start(p, args) -> AsagParams | None:
+def start(p, args, defaults: AsagParams | None = None) -> AsagParams | None:
     """Called once per ``process_images``: the enabled settings, or None when ASAG is off or the
     input is bad (then the console and the infotext say which field and what is allowed, and the
     image is made exactly as with ASAG off: the WebUI lets no script fail a request)."""
     try:
-        params = read_params(p, args)
+        params = read_params(p, args, defaults)
     except ValueError as err:
         logger.error("not applied: %s", err)
         infotext.write(p.extra_generation_params, None, note=f"not applied: {err}")

@@ -88,20 +88,26 @@ class WebUI:
         uncond = [[pp.ScheduledPromptConditioning(steps, torch.randn(uncond_tokens or self.tokens, self.context_dim, generator=gen))] for _ in range(batch_size)]
         return cond, uncond
 
-    def generate(self, asag_args=None, batch_size=1, and_weights=None, uncond_tokens=None, **kwargs):
+    def generate(self, asag_args=None, batch_size=1, and_weights=None, uncond_tokens=None, before=(), **kwargs):
         """One ``process_images`` call. ``asag_args``: the script's args (positional list, or
-        ``[dict]``), or None for a WebUI without the extension's script."""
-        p = self.processing_for(asag_args, batch_size, and_weights, uncond_tokens, **kwargs)
+        ``[dict]``), or None for a WebUI without the extension's script. ``before``: other
+        AlwaysOn scripts, as ``(script, args)``, loaded before ASAG."""
+        p = self.processing_for(asag_args, batch_size, and_weights, uncond_tokens, before, **kwargs)
         return self.processing.process_images(p), p
 
-    def processing_for(self, asag_args=None, batch_size=1, and_weights=None, uncond_tokens=None, **kwargs):
+    def processing_for(self, asag_args=None, batch_size=1, and_weights=None, uncond_tokens=None, before=(), **kwargs):
+        from asag.params import PARAMS
+
         cond, uncond = self.conds(batch_size, and_weights, uncond_tokens=uncond_tokens)
-        scripts = [] if asag_args is None else [self.new_script()]
+        scripts, script_args = [], [0]
+        for script, args in before:
+            script.n_args = len(args)
+            scripts.append(script)
+            script_args += list(args)
+        if asag_args is not None:
+            scripts.append(self.new_script())
+            # As the API's init_script_args: given args by position over the UI defaults.
+            script_args += list(asag_args) + [s.default for s in PARAMS][len(asag_args):]
         runner = self.scripts.ScriptRunner(scripts)
-        if scripts:
-            from asag.params import PARAMS
-            args = list(asag_args) + [s.default for s in PARAMS][len(asag_args):] if not (asag_args and isinstance(asag_args[0], dict)) else list(asag_args)
-            script_args = (0, *args)
-        else:
-            script_args = (0,)
-        return self.processing.Processing(cond=cond, uncond=uncond, batch_size=batch_size, scripts=runner, script_args=script_args, **kwargs)
+        return self.processing.Processing(cond=cond, uncond=uncond, batch_size=batch_size, scripts=runner,
+                                          script_args=tuple(script_args), **kwargs)

@@ -284,3 +284,18 @@ def test_callbacks_are_registered_once(host):
         host.generate([True, SCALE], **SCENARIOS["CFG 1"])
     assert {k: len(v) for k, v in host.callbacks.callback_map.items()} == counts
     assert counts["cfg_denoiser"] == counts["cfg_denoised"] == counts["cfg_after_cfg"] == 1
+
+
+def test_diagnostics_are_logged_per_generation_when_enabled(host, caplog):
+    caplog.set_level("INFO", logger="asag")
+    host.generate([True, SCALE], **SCENARIOS["dpm++ 2m"])
+    assert "diagnostics" not in caplog.text  # off by default
+    host.shared.opts.asag_diagnostics = True
+    try:
+        host.generate([{"enabled": True, "scale": SCALE, "start": 0.5}], **SCENARIOS["dpm++ 2m"])
+    finally:
+        del host.shared.opts.asag_diagnostics
+    line = next(l for l in caplog.text.splitlines() if "diagnostics:" in l)
+    assert "2 extra passes" in line and "NaN values 0" in line
+    entropy = float(line.split("plan row entropy ")[1].split()[0])
+    assert 0.0 < entropy <= 1.0

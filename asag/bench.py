@@ -11,6 +11,7 @@ statistics of its own).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
 
@@ -84,8 +85,10 @@ def peak_extra_bytes(fn, device):
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    # CPU (Linux): writing 5 to clear_refs resets the resident-set high-water mark; large tensors
-    # go back to the system when freed, so the mark then measures this call alone.
+    # CPU (Linux, glibc): malloc_trim hands the pages of freed memory back to the system (else
+    # earlier calls' freed memory, still resident, would hide this call's allocations); writing 5
+    # to clear_refs resets the resident-set high-water mark, which then measures this call alone.
+    ctypes.CDLL(None).malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
     base = _proc_status_bytes("VmRSS")
@@ -108,11 +111,9 @@ def bench_attention(device, dtype_name, repeats):
     for shape in ATTENTION_SHAPES:
         gen = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(3))
-        times, peaks = {}, {}
-        for name, impl in ATTENTION_IMPLS.items():
-            fn = lambda impl=impl: impl(q, k, v, iterations=ATTENTION_ITERATIONS)  # noqa: E731
-            times[name] = time_call(fn, device, repeats)
-            peaks[name] = peak_extra_bytes(fn, device)
+        calls = {name: lambda impl=impl: impl(q, k, v, iterations=ATTENTION_ITERATIONS) for name, impl in ATTENTION_IMPLS.items()}
+        times = {name: time_call(fn, device, repeats) for name, fn in calls.items()}
+        peaks = {name: peak_extra_bytes(fn, device) for name, fn in calls.items()}
         rows.append([
             "x".join(map(str, shape)),
             *(f"{times[n] * 1e3:.1f}" for n in ATTENTION_IMPLS),

@@ -110,6 +110,24 @@ def test_scaling_and_log_forms_agree(monkeypatch):
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("tile_bytes", [1, 3 * 7 * 50 * 4])  # one row per tile; 7 rows, the last tile ragged
+def test_row_tiles_give_the_untiled_result(monkeypatch, tile_bytes):
+    q, k, v = rand(3, 40, 16, scale=2), rand(3, 50, 16, seed=1, scale=2), rand(3, 50, 8, seed=2)
+    untiled = asa(q, k, v, iterations=3)
+    monkeypatch.setattr(sinkhorn, "CPU_TILE_BYTES", tile_bytes)
+    torch.testing.assert_close(asa(q, k, v, iterations=3), untiled, atol=1e-5, rtol=0)  # summation order differs
+    assert (untiled.double() - reference_attention(q, k, v, iterations=3)).abs().max() <= 1e-5
+
+
+def test_a_wide_row_in_a_late_tile_switches_the_chunk_to_the_log_form(monkeypatch):
+    q, k, v = rand(2, 30, 8), rand(2, 30, 8, seed=1), rand(2, 30, 4, seed=2)
+    q[:, -1] *= 200  # the last row spans far more than the scaling form allows
+    monkeypatch.setattr(sinkhorn, "CPU_TILE_BYTES", 2 * 4 * 30 * 4)  # 4 rows per tile
+    out = asa(q, k, v, iterations=2)
+    assert torch.isfinite(out).all()
+    assert (out.double() - reference_attention(q, k, v, iterations=2)).abs().max() <= 1e-4
+
+
 class LargestAllocation(TorchDispatchMode):
     def __init__(self):
         super().__init__()

@@ -1,0 +1,20 @@
+"""The benchmark commands keep working (their figures go into the README): run at small sizes."""
+from asag import bench
+
+
+def table_rows(text):
+    """The rows under the table's dashed line, split into cells."""
+    lines = text.strip().splitlines()
+    dashes = next(i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"})
+    return [line.split() for line in lines[dashes + 1:]]
+
+
+def test_attention_benchmark_prints_ratios_of_one_run(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "ATTENTION_SHAPES", ((4, 256, 16),))
+    bench.main(["attention", "--device", "cpu", "--repeats", "1"])
+    rows = table_rows(capsys.readouterr().out)
+    (row,) = rows
+    asag_ms, textbook_ms, sdpa_ms, asag_mib, textbook_mib, sdpa_mib, vs_textbook, vs_sdpa, peak_ratio = map(float, row[1:])
+    assert row[0] == "4x256x16"
+    assert min(asag_ms, textbook_ms, sdpa_ms, vs_textbook, vs_sdpa) > 0
+    assert textbook_mib >= 3  # three 4 x 256 x 256 float32 buffers: the peak is measured, not zero

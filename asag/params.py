@@ -133,7 +133,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               minimum=0, maximum=50, step=1, infotext_key="ASAG hires iterations"),
     ParamSpec("full_batch", "Full-batch compatibility", bool, False,
               "Run the extra pass on the whole cond + uncond batch instead of the cond rows only. Slower; "
-              "chosen automatically when a ControlNet unit needs it (IP-Adapter, reference, inpaint_only, ...).",
+              "chosen automatically when a ControlNet unit needs it (IP-Adapter, reference, inpaint_only, ...). "
+              "A1111 only: Forge batches the extra pass itself.",
               infotext_key="ASAG full batch", xyz=False),
 )
 
@@ -233,3 +234,14 @@ AsagParams = dataclasses.make_dataclass(
     frozen=True,
 )
 AsagParams.__module__ = __name__  # make_dataclass names the dataclasses module otherwise
+
+
+def parameter_table_markdown() -> str:
+    """The README's parameter table, from ``PARAMS`` (tests/core/test_readme.py keeps them equal)."""
+    rows = ["| # | API name | control | default | allowed | infotext key | what it does |", "|---|---|---|---|---|---|---|"]
+    for position, spec in enumerate(PARAMS):
+        default = repr(spec.default) if isinstance(spec.default, str) else str(spec.default).lower() if isinstance(spec.default, bool) else f"{spec.default:g}"
+        rows.append(f"| {position} | `{spec.name}` | {spec.label} | `{default}` | {spec.describe_allowed()} | "
+                    f"{spec.infotext_key or '(presence of ASAG scale)'} | {spec.help} |")
+    return "\n".join(rows)
+

@@ -299,3 +299,38 @@ def test_diagnostics_are_logged_per_generation_when_enabled(host, caplog):
     assert "2 extra passes" in line and "NaN values 0" in line
     entropy = float(line.split("plan row entropy ")[1].split()[0])
     assert 0.0 < entropy <= 1.0
+
+
+def test_webui_1_6_without_denoiser_in_the_callback_params(host, monkeypatch):
+    # v1.6/1.7: CFGDenoiserParams has no ``denoiser``; ASAG reaches it through p.sampler.model_wrap_cfg.
+    settings = SCENARIOS["AND prompt"]
+    modern, _ = host.generate([True, SCALE], **settings)
+    from modules import script_callbacks
+
+    original = script_callbacks.CFGDenoiserParams.__init__
+
+    def without_denoiser(self, *args):
+        original(self, *args[:7])
+        del self.denoiser
+
+    monkeypatch.setattr(script_callbacks.CFGDenoiserParams, "__init__", without_denoiser)
+    old, _ = host.generate([True, SCALE], **settings)
+    assert torch.equal(old.latents, modern.latents)
+
+
+def test_inpainting_model_gets_its_masked_image_conditioning(host):
+    # conditioning_key "hybrid" (9 input channels): c_concat must reach the perturbed pass too.
+    from tests.hosts.a1111_harness import tiny_latent_diffusion
+
+    regular = host.shared.sd_model
+    host.shared.sd_model = tiny_latent_diffusion(conditioning_key="hybrid", in_channels=9)
+    image_conditioning = torch.randn((2, 5, 16, 16), generator=torch.Generator().manual_seed(4))
+    try:
+        settings = dict(batch_size=2, steps=3, sampler_name="Euler", image_conditioning=image_conditioning)
+        off, _ = host.generate([False], **settings)
+        on, _ = host.generate([True, SCALE], **settings)
+    finally:
+        host.shared.sd_model = regular
+    assert "ASAG note" not in on.infotext
+    assert (on.latents - off.latents).abs().max() > 1e-3
+

@@ -240,8 +240,13 @@ def parameter_table_markdown() -> str:
     """The README's parameter table, from ``PARAMS`` (tests/core/test_readme.py keeps them equal)."""
     rows = ["| # | API name | control | default | allowed | infotext key | what it does |", "|---|---|---|---|---|---|---|"]
     for position, spec in enumerate(PARAMS):
-        default = repr(spec.default) if isinstance(spec.default, str) else str(spec.default).lower() if isinstance(spec.default, bool) else f"{spec.default:g}"
-        rows.append(f"| {position} | `{spec.name}` | {spec.label} | `{default}` | {spec.describe_allowed()} | "
+        rows.append(f"| {position} | `{spec.name}` | {spec.label} | `{_shown_default(spec.default)}` | {spec.describe_allowed()} | "
                     f"{spec.infotext_key or '(presence of ASAG scale)'} | {spec.help} |")
     return "\n".join(rows)
 
+
+def _shown_default(value: Any) -> str:
+    """A default as the README's table shows it: true/false, numbers short, text quoted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, str) else _fmt(value)

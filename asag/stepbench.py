@@ -25,7 +25,7 @@ def bench_step(device: str, repeats: int, latent: int = 64, unet_params: dict | 
         raise SystemExit("the step benchmark runs the CPU stand-in host; use --device cpu")
     repeats = max(1, repeats)
     unet_name = "SD1.5-shaped UNet" if unet_params is None else "UNet"
-    unet_params = SD15_UNET if unet_params is None else unet_params
+    unet_params = unet_params or SD15_UNET
     model = tiny_latent_diffusion(unet_params=dict(unet_params, image_size=latent))
     host = WebUI(sd_model=model, context_dim=unet_params["context_dim"], tokens=77)
     settings = dict(batch_size=1, steps=STEPS, sampler_name="Euler", width_latent=latent)

@@ -1,7 +1,7 @@
 """Benchmarks whose figures go into the README and the issue notes.
 
-    python -m asag.bench attention [--device cpu|cuda] [--dtype float32|float16|bfloat16]
-    python -m asag.bench step      [--device cpu|cuda]
+    python -m asag.bench attention [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--large]
+    python -m asag.bench step      [--device cpu] [--model sd15|sdxl] [--latent N] [--layers "middle;u6-8"] [--steps N]
 
 Every table compares implementations measured side by side in one run and prints ratios;
 nothing here asserts a time. Peak memory is the CUDA allocator's peak on a GPU; on the CPU it is
@@ -20,6 +20,10 @@ import torch
 from .sinkhorn import adversarial_sinkhorn_attention
 
 ATTENTION_SHAPES = ((16, 1024, 64), (8, 4096, 40))
+# --large: SD1.5's first attention level at 1024x1024 (hires fix; one head's plan is 1 GiB), and
+# SDXL's first attention level at 1024x1024. The textbook form would need three times the heads'
+# n x n floats (24 GiB at 16,384 tokens), so these compare with SDPA only.
+LARGE_ATTENTION_SHAPES = ((8, 16384, 40), (10, 4096, 64))
 ATTENTION_ITERATIONS = 2
 
 
@@ -103,27 +107,26 @@ def format_table(header, rows):
     return "\n".join(lines)
 
 
-def bench_attention(device, dtype_name, repeats):
+def bench_attention(device, dtype_name, repeats, large=False):
     dtype = getattr(torch, dtype_name)
+    shapes = LARGE_ATTENTION_SHAPES if large else ATTENTION_SHAPES
+    impls = [name for name in ATTENTION_IMPLS if not (large and name == "textbook")]
     print(f"adversarial Sinkhorn attention, iterations={ATTENTION_ITERATIONS}, {dtype_name}, {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
     rows = []
-    for shape in ATTENTION_SHAPES:
+    for shape in shapes:
         gen = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(3))
-        calls = {name: lambda impl=impl: impl(q, k, v, iterations=ATTENTION_ITERATIONS) for name, impl in ATTENTION_IMPLS.items()}
+        calls = {name: lambda impl=ATTENTION_IMPLS[name]: impl(q, k, v, iterations=ATTENTION_ITERATIONS) for name in impls}
         times = {name: time_call(fn, device, repeats) for name, fn in calls.items()}
         peaks = {name: peak_extra_bytes(fn, device) for name, fn in calls.items()}
-        rows.append([
-            "x".join(map(str, shape)),
-            *(f"{times[n] * 1e3:.1f}" for n in ATTENTION_IMPLS),
-            *(f"{peaks[n] / 2**20:.0f}" for n in ATTENTION_IMPLS),
-            f"{times['asag'] / times['textbook']:.2f}",
-            f"{times['asag'] / times['sdpa']:.2f}",
-            f"{peaks['asag'] / peaks['textbook']:.2f}",
-        ])
-    header = ["shape (BH,N,D)", "asag ms", "textbook ms", "sdpa ms", "asag MiB", "textbook MiB", "sdpa MiB",
-              "time asag/textbook", "time asag/sdpa", "peak asag/textbook"]
+        ratios = [f"{times['asag'] / times[other]:.2f}" for other in impls[1:]]
+        if not large:
+            ratios.append(f"{peaks['asag'] / peaks['textbook']:.2f}")
+        rows.append(["x".join(map(str, shape)), *(f"{times[n] * 1e3:.1f}" for n in impls), *(f"{peaks[n] / 2**20:.0f}" for n in impls), *ratios])
+    header = ["shape (BH,N,D)", *(f"{n} ms" for n in impls), *(f"{n} MiB" for n in impls), *(f"time asag/{n}" for n in impls[1:])]
+    if not large:
+        header.append("peak asag/textbook")
     print(format_table(header, rows))
 
 
@@ -134,12 +137,17 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--latent", type=int, default=64, help="step: latent side (64 = 512x512)")
+    parser.add_argument("--large", action="store_true", help="attention: the high-resolution shapes, against SDPA")
+    parser.add_argument("--model", default="sd15", choices=["sd15", "sdxl"], help="step: the UNet's shape")
+    parser.add_argument("--layers", help="step: comma-separated ASAG layer lists, separated by ';' (default: middle and an output-side list)")
+    parser.add_argument("--steps", type=int, default=3, help="step: sampling steps per run")
     args = parser.parse_args(argv)
     if args.what == "attention":
-        bench_attention(args.device, args.dtype, args.repeats)
+        bench_attention(args.device, args.dtype, args.repeats, args.large)
     else:
         from .stepbench import bench_step
-        bench_step(args.device, args.repeats, args.latent)
+        layers = tuple(args.layers.split(";")) if args.layers else None
+        bench_step(args.device, args.repeats, args.latent, model=args.model, layers=layers, steps=args.steps)
 
 
 if __name__ == "__main__":

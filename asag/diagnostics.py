@@ -37,6 +37,24 @@ class Diagnostics:
         self.entropies, self.column_errors = [], []
         self.main_seconds = 0.0
         self.extra_seconds = 0.0
+        self.reused_blocks = []  # per extra pass: UNet blocks taken from the main pass (0: none)
+        self.total_blocks = 0
+
+    def plan_observer(self, iterations: int, strength: float):
+        """``observe(q, k, heads, scale)`` for the perturbed layers of one extra pass: records the
+        first layer's plan (first row, first head)."""
+        seen = []
+
+        def observe(q, k, heads, scale):
+            if not seen:
+                seen.append(True)
+                d = q.shape[-1] // heads
+                self.record_plan(q[0, :, :d], k[0, :, :d], iterations=iterations, strength=strength, scale=scale)
+        return observe
+
+    def record_reuse(self, blocks: int, total_blocks: int) -> None:
+        self.reused_blocks.append(blocks)
+        self.total_blocks = total_blocks
 
     def record_plan(self, q: torch.Tensor, k: torch.Tensor, **kwargs) -> None:
         entropy, column_error = plan_statistics(q, k, **kwargs)
@@ -56,10 +74,13 @@ class Diagnostics:
             return "no extra pass ran (scale 0, outside the active window, or not applied)"
         mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
         overhead = f"{self.extra_seconds / self.main_seconds:.0%} of the main passes" if self.main_seconds else "n/a"
+        reused = [blocks for blocks in self.reused_blocks if blocks]
+        reuse = (f"; {len(reused)} of {len(self.reused_blocks)} extra passes took {mean(reused):.3g} of the UNet's "
+                 f"{self.total_blocks} blocks from the main pass" if self.reused_blocks else "")
         return (f"{self.passes} extra passes; guidance RMS {mean(self.term_rms):.4g} "
                 f"({mean(self.relative):.1%} of the cond prediction); plan row entropy {mean(self.entropies):.3f} of uniform, "
                 f"column-marginal error max {max(self.column_errors, default=float('nan')):.2e}; "
-                f"NaN values {self.nan_count}; extra-pass time {self.extra_seconds:.2f} s = {overhead}")
+                f"NaN values {self.nan_count}; extra-pass time {self.extra_seconds:.2f} s = {overhead}{reuse}")
 
 
 class Stopwatch:

@@ -64,6 +64,37 @@ def self_attention_modules(diffusion_model) -> dict[LayerAddress, object]:
     return dict(sorted(found.items()))
 
 
+def unet_blocks(diffusion_model) -> list[tuple[tuple[str, int], object]]:
+    """The UNet's blocks in execution order, with their ``(part, block)`` addresses (as hosts
+    address them: ``("input", i)``, ``("middle", 0)``, ``("output", i)``)."""
+    return ([(("input", i), m) for i, m in enumerate(diffusion_model.input_blocks)]
+            + [(("middle", 0), diffusion_model.middle_block)]
+            + [(("output", i), m) for i, m in enumerate(diffusion_model.output_blocks)])
+
+
+def attention_tokens(diffusion_model, layers: Iterable[LayerAddress], height: int, width: int) -> dict[LayerAddress, int]:
+    """How many tokens each of ``layers`` attends over for a latent of ``height x width``: the
+    size of the feature map its block works at. Input blocks halve it after a downsampling layer
+    (stride-2 convolution: rounding up); an output block works at the size of the skip connection
+    it concatenates."""
+    sizes, skips, size = {}, [], (height, width)
+    for (part, index), block in unet_blocks(diffusion_model):
+        if part == "output":
+            size = skips.pop()
+        sizes[(part, index)] = size
+        if any(type(module).__name__ == "Downsample" for module in block.children()):
+            size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+        if part == "input":
+            skips.append(size)
+    return {layer: sizes[(layer.part, layer.block)][0] * sizes[(layer.part, layer.block)][1] for layer in layers}
+
+
+def single_token_only(diffusion_model, layers: Iterable[LayerAddress], height: int, width: int) -> bool:
+    """Whether every one of ``layers`` attends over a single token at this latent size: there any
+    attention, ASAG's plan included, is the identity, and the perturbation changes nothing."""
+    return all(tokens <= 1 for tokens in attention_tokens(diffusion_model, layers, height, width).values())
+
+
 def _blocks_by_part(available: Iterable[LayerAddress]) -> dict[str, list[int]]:
     """Per part, the UNet block indices that have attention, in order: ordinal i is ``list[i]``."""
     blocks: dict[str, set[int]] = {part: set() for part in PARTS}

@@ -19,6 +19,11 @@ INFOTEXT_PREFIX = "ASAG"
 ENABLED_MARKER_KEY = "ASAG scale"
 NOTE_KEY = "ASAG note"  # why ASAG was not applied, when it was not
 
+# Where a control sits in the accordion: the essentials in view, the rest in closed groups, in
+# this order.
+ESSENTIAL = ""
+GROUPS = ("Advanced", "Hires. fix", "Compatibility")
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -33,6 +38,8 @@ class ParamSpec:
     choices: tuple[str, ...] | None = None
     infotext_key: str | None = None  # None: not written (the enable flag is implied by the marker)
     xyz: bool = True  # offered as an X/Y/Z plot axis
+    group: str = ESSENTIAL  # ESSENTIAL, or one of GROUPS
+    suggestions: tuple[str, ...] | None = None  # common values of free text, offered in a list
 
     def describe_allowed(self) -> str:
         if self.choices:
@@ -93,50 +100,51 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("iterations", "Sinkhorn iterations", int, 2,
               "Sinkhorn balancing steps for the adversarial plan. 0 is plain (negated) softmax; "
               "2-3 are nearly balanced; more costs a little time and changes little.",
-              minimum=0, maximum=50, step=1, infotext_key="ASAG iterations"),
+              minimum=0, maximum=50, step=1, infotext_key="ASAG iterations", group="Advanced"),
     ParamSpec("strength", "Adversarial strength", float, 1.0,
               "lambda: how hard the plan pushes queries away from similar keys. 0 gives uniform attention; "
               "negative values give ordinary balanced attention (an ablation).",
-              minimum=-5.0, maximum=5.0, step=0.05, infotext_key="ASAG strength"),
+              minimum=-5.0, maximum=5.0, step=0.05, infotext_key="ASAG strength", group="Advanced"),
     ParamSpec("layers", "ASAG layers", str, "middle",
               "Self-attention layers to perturb: all, input, middle, output, or blocks such as m0, d1, d1.0, u0-2 "
               "(d = input, m = middle, u = output; numbered among the blocks that have attention; .N picks a "
               "transformer block), comma separated.",
-              infotext_key="ASAG layers", xyz=True),
+              infotext_key="ASAG layers", suggestions=("middle", "m0.0-4", "u0-2", "output", "input", "d1.0,m0", "all")),
     ParamSpec("start", "Active from", float, 0.0,
               "Start of the active window, as a fraction of sampling progress (0 = first step).",
-              minimum=0.0, maximum=1.0, step=0.01, infotext_key="ASAG start"),
+              minimum=0.0, maximum=1.0, step=0.01, infotext_key="ASAG start", group="Advanced"),
     ParamSpec("end", "Active until", float, 1.0,
               "End of the active window, as a fraction of sampling progress (1 = last step).",
-              minimum=0.0, maximum=1.0, step=0.01, infotext_key="ASAG end"),
+              minimum=0.0, maximum=1.0, step=0.01, infotext_key="ASAG end", group="Advanced"),
     ParamSpec("progress_by", "Progress measured by", str, "steps",
               "steps: the window counts sampler steps. sigma: the window follows the noise level "
               "(log-sigma between the model's largest and smallest), the same for every sampler and denoise strength.",
-              choices=("steps", "sigma"), infotext_key="ASAG progress by"),
+              choices=("steps", "sigma"), infotext_key="ASAG progress by", group="Advanced"),
     ParamSpec("schedule", "Scale schedule", str, "constant",
               "How the scale changes over the active window: constant, or a linear or cosine decay "
               "from the full scale at its start to 0 at its end (strong on layout, light on detail).",
-              choices=("constant", "linear", "cosine"), infotext_key="ASAG schedule"),
+              choices=("constant", "linear", "cosine"), infotext_key="ASAG schedule", group="Advanced"),
     ParamSpec("rescale", "ASAG rescale", float, 0.0,
               "Blend towards the guided prediction rescaled to the conditional prediction's standard deviation "
               "(as CFG rescale). Tames over-saturation at high scales. 0 = off.",
-              minimum=0.0, maximum=1.0, step=0.05, infotext_key="ASAG rescale"),
+              minimum=0.0, maximum=1.0, step=0.05, infotext_key="ASAG rescale", group="Advanced"),
     ParamSpec("hires", "Hires. fix pass", str, "same",
               "What ASAG does in the hires. fix second pass: same settings, override (the two values below), "
               "off, or only (skip the first pass).",
-              choices=("same", "override", "off", "only"), infotext_key="ASAG hires"),
+              choices=("same", "override", "off", "only"), infotext_key="ASAG hires", group="Hires. fix"),
     ParamSpec("hires_scale", "Hires. fix scale", float, 1.5,
               "ASAG scale in the hires. fix pass when the hires mode is override.",
-              minimum=0.0, maximum=20.0, step=0.05, infotext_key="ASAG hires scale"),
+              minimum=0.0, maximum=20.0, step=0.05, infotext_key="ASAG hires scale", group="Hires. fix"),
     ParamSpec("hires_iterations", "Hires. fix iterations", int, 2,
               "Sinkhorn iterations in the hires. fix pass when the hires mode is override.",
-              minimum=0, maximum=50, step=1, infotext_key="ASAG hires iterations"),
+              minimum=0, maximum=50, step=1, infotext_key="ASAG hires iterations", group="Hires. fix"),
     ParamSpec("full_batch", "Full-batch compatibility", bool, False,
               "Run the extra pass on the whole cond + uncond batch instead of the cond rows only. Slower; "
               "chosen automatically when a ControlNet unit needs it (IP-Adapter, reference, inpaint_only, ...). "
               "A1111 only: Forge batches the extra pass itself.",
-              infotext_key="ASAG full batch", xyz=False),
+              infotext_key="ASAG full batch", xyz=False, group="Compatibility"),
 )
+assert all(spec.group in (ESSENTIAL, *GROUPS) for spec in PARAMS)
 
 PARAM_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
 PARAM_BY_INFOTEXT_KEY: dict[str, ParamSpec] = {spec.infotext_key: spec for spec in PARAMS if spec.infotext_key}
@@ -240,7 +248,8 @@ def parameter_table_markdown() -> str:
     """The README's parameter table, from ``PARAMS`` (tests/core/test_readme.py keeps them equal)."""
     rows = ["| # | API name | control | default | allowed | infotext key | what it does |", "|---|---|---|---|---|---|---|"]
     for position, spec in enumerate(PARAMS):
-        rows.append(f"| {position} | `{spec.name}` | {spec.label} | `{_shown_default(spec.default)}` | {spec.describe_allowed()} | "
+        control = spec.label if spec.group == ESSENTIAL else f"{spec.label} (in {spec.group})"
+        rows.append(f"| {position} | `{spec.name}` | {control} | `{_shown_default(spec.default)}` | {spec.describe_allowed()} | "
                     f"{spec.infotext_key or '(presence of ASAG scale)'} | {spec.help} |")
     return "\n".join(rows)
 

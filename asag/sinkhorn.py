@@ -5,22 +5,33 @@ group, with logits ``L = -strength * scale * q @ k^T``, a few Sinkhorn iteration
 ``exp(L)`` towards a doubly-stochastic plan (rows sum to 1, columns to ``n_q / n_k``) and the
 output is ``P @ v``. Ordinary attention is the ``iterations=0, strength=-1`` case.
 
-Two exact forms of the same iteration are used:
+Two exact forms of the same iteration are used, both in row tiles of the ``n_q x n_k`` plan:
 
-* the scaling form: ``K = exp(L - row shift)`` once, then the potentials are vectors updated by
-  matrix-vector products, and ``out = diag(f) K diag(c) v`` without ever forming ``P``. One
-  ``n_q x n_k`` float32 buffer per chunk of row groups, read once per iteration and once for the
-  output; on the CPU it is made and read in row tiles that stay in the cache in between.
+* the scaling form: ``K = exp(L - row shift)``, then the potentials are vectors updated by
+  matrix-vector products, and ``out = diag(f) K diag(c) v`` without ever forming ``P``. Each
+  pass over the rows reads every kernel tile once for both of its products.
 * the log form, for row groups whose logits span more than ``SCALING_SPAN_LIMIT`` (where
-  ``exp`` of the shifted logits would underflow and the scaling form would lose columns).
+  ``exp`` of the shifted logits would underflow and the scaling form would lose columns): row
+  potentials per tile, column potentials as a running log-sum-exp over the tiles.
 
-Both accumulate in float32 with autocast off, whatever the input dtype.
+Memory: the working set of one call stays within ``budget_bytes`` (``MEMORY_BUDGET_BYTES`` by
+default) plus vectors of ``O((n_q + n_k) * (d + d_v))``. Where one chunk of row groups' kernel
+fits, it is kept and every later pass reads it ("kept"); where even one head's ``n_q x n_k``
+slice does not fit (high resolutions), nothing of that size is kept: each pass remakes the
+kernel tile by tile ("streaming"), trading a matrix product per pass for memory.
+
+Both accumulate in float32 with autocast off, whatever the input dtype. The host is synchronised
+once per chunk to choose the row shift (and once more where the logits' span must be checked),
+never per tile.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from .memory import MEMORY_BUDGET_MIB
 
 # exp(-SCALING_SPAN_LIMIT) is ~1e-26: far above float32's smallest normal (1e-38) even after
 # the column scalings (bounded by n_q / n_k / that value) multiply it back.
@@ -30,13 +41,53 @@ SCALING_SPAN_LIMIT = 60.0
 # logits in base 2: exp(x) = exp2(x * LOG2E).
 LOG2E = 1.0 / math.log(2.0)
 
-# Working-set budget for the n_q x n_k float32 kernel of one chunk of row groups.
-DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+# The budget (asag/memory.py); users with a small GPU lower it in Settings > ASAG, and the adapters
+# pass it as ``budget_bytes``.
+MEMORY_BUDGET_BYTES = MEMORY_BUDGET_MIB * 2**20
 
-# On the CPU, speed comes from the cache: chunks of about the last-level cache's size, made and
+# Speed on the CPU comes from the cache: chunks of about the last-level cache's size, made and
 # reduced in row tiles that fit the per-core cache. A GPU takes each chunk as one tile.
 CPU_CHUNK_BYTES = 16 * 1024 * 1024
 CPU_TILE_BYTES = 8 * 1024 * 1024
+# Streaming: a tile holds this many rows of each group it covers, so that its products stay
+# matrix products.
+STREAM_TILE_ROWS = 64
+# The log form holds a tile of logits and one scratch tile of the same size.
+LOG_FORM_TILES = 2
+FLOAT32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one call is cut: ``chunk`` row groups at a time, ``tile_rows`` query rows per tile of
+    the scaling form (all tiles of a chunk kept when ``keep``, else remade in every pass), and
+    the size of the one float32 buffer every chunk reuses."""
+
+    chunk: int
+    tile_rows: int
+    keep: bool
+    buffer_elements: int
+
+    def log_tile_rows(self, n_k: int) -> int:
+        """Rows per tile of the log form, whose tiles are carved from the same buffer."""
+        return max(1, self.buffer_elements // (LOG_FORM_TILES * self.chunk * n_k))
+
+
+def layout_for(groups: int, n_q: int, n_k: int, on_cpu: bool, budget_bytes: int) -> Layout:
+    row_bytes = n_k * FLOAT32_BYTES
+    slice_bytes = n_q * row_bytes
+    if slice_bytes <= budget_bytes:
+        chunk_bytes = min(budget_bytes, CPU_CHUNK_BYTES) if on_cpu else budget_bytes
+        chunk = min(groups, max(1, chunk_bytes // slice_bytes))
+        tile_rows = min(n_q, max(1, CPU_TILE_BYTES // (chunk * row_bytes))) if on_cpu else n_q
+        kernel = chunk * n_q * n_k
+    else:
+        tile_bytes = min(budget_bytes, CPU_TILE_BYTES) if on_cpu else budget_bytes
+        chunk = min(groups, max(1, tile_bytes // (STREAM_TILE_ROWS * row_bytes)))
+        tile_rows = min(n_q, max(1, tile_bytes // (chunk * row_bytes)))
+        kernel = chunk * tile_rows * n_k
+    # At least one row per log-form tile: below that the budget is met only up to O(n_k).
+    return Layout(chunk, tile_rows, slice_bytes <= budget_bytes, max(kernel, LOG_FORM_TILES * chunk * n_k))
 
 
 def adversarial_sinkhorn_attention(
@@ -47,13 +98,14 @@ def adversarial_sinkhorn_attention(
     iterations: int,
     strength: float = 1.0,
     scale: float | None = None,
-    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    budget_bytes: int = MEMORY_BUDGET_BYTES,
 ) -> torch.Tensor:
     """Attention through the adversarial Sinkhorn plan.
 
     ``q``: ``(..., n_q, d)``; ``k``: ``(..., n_k, d)``; ``v``: ``(..., n_k, d_v)``, heads folded into
     the leading dims (which must match). ``n_k`` may exceed ``n_q`` (reference-only appends keys).
-    ``scale`` defaults to ``d ** -0.5``. Returns ``(..., n_q, d_v)`` in ``q``'s dtype.
+    ``scale`` defaults to ``d ** -0.5``. ``budget_bytes`` bounds the plan's working set (see the
+    module docstring). Returns ``(..., n_q, d_v)`` in ``q``'s dtype.
     """
     if iterations < 0 or int(iterations) != iterations:
         raise ValueError(f"iterations must be a whole number >= 0, got {iterations!r}")
@@ -76,54 +128,61 @@ def adversarial_sinkhorn_attention(
     if n_k == 0:
         raise ValueError("k and v must have at least one token")
     q3, k3, v3 = (t.reshape(groups, *t.shape[-2:]) for t in (q, k, v))
-    on_cpu = q.device.type == "cpu"
-    slice_bytes = n_q * n_k * 4
-    chunk = min(groups, max(1, (min(max_chunk_bytes, CPU_CHUNK_BYTES) if on_cpu else max_chunk_bytes) // slice_bytes))
-    tile_rows = max(1, CPU_TILE_BYTES // (chunk * n_k * 4)) if on_cpu else n_q
+    layout = layout_for(groups, n_q, n_k, q.device.type == "cpu", budget_bytes)
     # One buffer for every chunk's kernel: fresh memory is paid for (page faults) once per call.
-    kernel = torch.empty(chunk * slice_bytes // 4, dtype=torch.float32, device=q.device)
+    buffer = torch.empty(layout.buffer_elements, dtype=torch.float32, device=q.device)
     logit_factor = -float(strength) * float(scale)
     with torch.autocast(q.device.type, enabled=False):
-        for start in range(0, groups, chunk):
-            sl = slice(start, start + chunk)
-            out[sl] = _sinkhorn_chunk(q3[sl].float(), k3[sl].float(), v3[sl].float(), logit_factor, int(iterations),
-                                      kernel, tile_rows).to(q.dtype)
+        for start in range(0, groups, layout.chunk):
+            sl = slice(start, start + layout.chunk)
+            chunk_q, chunk_k, chunk_v = q3[sl].float(), k3[sl].float(), v3[sl].float()
+            result = _scaling_form(chunk_q, chunk_k, chunk_v, logit_factor, int(iterations), buffer, layout)
+            if result is None:
+                result = _log_form(chunk_q, chunk_k, chunk_v, logit_factor, int(iterations), buffer, layout.log_tile_rows(n_k))
+            out[sl] = result.to(q.dtype)
     return out.reshape(*lead, n_q, d_v)
 
 
-def _sinkhorn_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logit_factor: float, iterations: int,
-                    kernel: torch.Tensor, tile_rows: int) -> torch.Tensor:
-    """The scaling form, in row tiles of the kernel (carved from the flat ``kernel`` buffer): each
-    tile is made, exponentiated and reduced while it is in cache, and every later pass reads each
-    tile once for both of its products."""
+def _scaling_form(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logit_factor: float, iterations: int,
+                  buffer: torch.Tensor, layout: Layout) -> torch.Tensor | None:
+    """The scaling form over row tiles carved from ``buffer``; None where a row's logits span more
+    than the form allows (the caller then uses the log form)."""
     groups, n_q, n_k = q.shape[0], q.shape[1], k.shape[1]
     col_target = n_q / n_k
-    # k with a column of ones: a row shift then rides in the logits' matrix product (see below).
-    k_shift_t = torch.cat((k, torch.ones_like(k[..., :1])), dim=2).transpose(1, 2)
-    factor2 = logit_factor * LOG2E  # base-2 logits
-    key_bound = abs(factor2) * k.norm(dim=2).amax(dim=1).view(groups, 1, 1)
-    # Potentials in the scaling domain: row scalings f (as rows, g x 1 x rows), column scalings c
-    # (g x n_k x 1); both products keep the tile row-major on the side BLAS prefers.
+    make_tile = _kernel_tiles(q, k, logit_factor, buffer, layout)
+    starts = range(0, n_q, layout.tile_rows)
+    kept = []
+
+    def tiles():
+        """Each tile of the kernel in row order: the kept ones, or remade."""
+        return iter(kept) if kept else (make_tile(start)[0] for start in starts)
+
+    # Potentials in the scaling domain: column scalings c (g x n_k x 1) and the column mass that
+    # the row-normalised kernel gives them (g x 1 x n_k); both products keep the tile row-major on
+    # the side BLAS prefers.
     col = torch.ones((groups, n_k, 1), dtype=q.dtype, device=q.device)
     col_mass = torch.zeros((groups, 1, n_k), dtype=q.dtype, device=q.device)
-    tiles = []
-    for start in range(0, n_q, tile_rows):
-        rows = min(tile_rows, n_q - start)
-        offset = groups * start * n_k
-        tile = kernel[offset:offset + groups * rows * n_k].view(groups, rows, n_k)
-        if not _shifted_kernel(tile, q[:, start:start + rows], k_shift_t, key_bound, factor2):
-            logits = torch.bmm(q * logit_factor, k_shift_t[:, :-1], out=kernel[:groups * n_q * n_k].view(groups, n_q, n_k))
-            return _log_domain(logits, v, iterations, col_target)
-        if iterations:  # the first half-iteration (c = 1) while the tile is hot
+    if iterations:
+        # The first half-iteration (c = 1) while each tile is made, checking the logits' span.
+        spans_ok = None
+        for start in starts:
+            tile, ok = make_tile(start)
+            if ok is not None:
+                spans_ok = ok if spans_ok is None else spans_ok & ok
             col_mass.baddbmm_(tile.sum(dim=2, keepdim=True).reciprocal_().transpose(1, 2), tile)
-        tiles.append(tile)
-    for done in range(1, iterations + 1):
-        col = (col_target / col_mass).transpose(1, 2)
-        if done == iterations:
-            break
-        col_mass.zero_()
-        for tile in tiles:
-            col_mass.baddbmm_(torch.bmm(tile, col).reciprocal_().transpose(1, 2), tile)
+            if layout.keep:
+                kept.append(tile)
+        # not ok: also NaN, which the log form propagates as ordinary attention would, so the
+        # host's own NaN check reports it. With no iterations the form is an exact softmax.
+        if spans_ok is not None and not bool(spans_ok):
+            return None
+        for done in range(1, iterations + 1):
+            col = (col_target / col_mass).transpose(1, 2)
+            if done == iterations:
+                break
+            col_mass.zero_()
+            for tile in tiles():
+                col_mass.baddbmm_(torch.bmm(tile, col).reciprocal_().transpose(1, 2), tile)
     # Final row normalisation fused with the output product: K @ [c * v, c] in one pass, the
     # columns zero-padded to a multiple of 8 (BLAS runs an odd width markedly slower).
     d_v = v.shape[2]
@@ -131,45 +190,83 @@ def _sinkhorn_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logit_fac
     torch.mul(v, col, out=weighted[..., :d_v])
     weighted[..., d_v:d_v + 1] = col
     out = torch.empty((groups, n_q, d_v), dtype=q.dtype, device=q.device)
-    for start, tile in zip(range(0, n_q, tile_rows), tiles):
+    for start, tile in zip(starts, tiles()):
         num = torch.bmm(tile, weighted)
         out[:, start:start + tile.shape[1]] = num[..., :d_v] / num[..., d_v:d_v + 1]
     return out
 
 
-def _shifted_kernel(tile: torch.Tensor, q: torch.Tensor, k_shift_t: torch.Tensor, key_bound: torch.Tensor,
-                    factor2: float) -> bool:
-    """Fill ``tile`` with ``exp`` of the logits of these query rows (``exp2`` of the base-2 logits,
-    ``factor2 * q @ k^T``), each row shifted by a constant (which the row scaling absorbs) so that
-    nothing overflows. False, leaving ``tile`` undefined, if a row's logits span more than the
-    scaling form allows. ``k_shift_t`` is ``[k, 1]`` transposed: ``[factor2 * q, -shift] @ k_shift_t``
-    is the shifted logits in one product."""
+def _kernel_tiles(q: torch.Tensor, k: torch.Tensor, logit_factor: float, buffer: torch.Tensor, layout: Layout):
+    """``make_tile(start)``: the kernel's tile of rows ``start:start + tile_rows``, ``exp2`` of the
+    base-2 logits with each row shifted by a constant (which the row scaling absorbs) so that
+    nothing overflows, and a device bool telling whether those rows' logits span little enough
+    for the scaling form (None when that is known already). A kept tile has its own place in
+    ``buffer``; a streamed one reuses the start of it."""
+    groups, n_q, n_k = q.shape[0], q.shape[1], k.shape[1]
+    factor2 = logit_factor * LOG2E  # base-2 logits
     limit = SCALING_SPAN_LIMIT * LOG2E
+    k_shift_t = torch.cat((k, torch.ones_like(k[..., :1])), dim=2).transpose(1, 2)
     # Cauchy-Schwarz: |L_ij| <= |factor| * |q_i| * max_j |k_j|. When twice that fits, subtracting
-    # the bound (instead of the row maximum) shifts every row safely and saves two passes.
-    row_bound = q.norm(dim=2, keepdim=True) * key_bound
-    if 2.0 * row_bound.amax().item() <= limit:
-        torch.bmm(torch.cat((q * factor2, row_bound.neg()), dim=2), k_shift_t, out=tile).exp2_()
-        return True
-    logits = torch.bmm(q * factor2, k_shift_t[:, :-1], out=tile)
-    row_max = logits.amax(dim=2, keepdim=True)
-    # not (span <= limit): also NaN, which the log form propagates as ordinary attention would,
-    # so the host's own NaN check reports it.
-    if not (row_max - logits.amin(dim=2, keepdim=True)).amax().item() <= limit:
-        return False
-    logits.sub_(row_max).exp2_()
-    return True
+    # the bound (instead of the row maximum) shifts every row safely and saves two passes, and
+    # [factor2 * q, -bound] @ [k, 1]^T is the shifted logits in one product. One sync per chunk.
+    row_bound = q.norm(dim=2, keepdim=True) * (abs(factor2) * k.norm(dim=2).amax(dim=1).view(groups, 1, 1))
+    bounded = bool(2.0 * row_bound.amax() <= limit)  # False for NaN too
+    scaled_q = torch.cat((q * factor2, row_bound.neg()), dim=2) if bounded else q * factor2
+    keys = k_shift_t if bounded else k_shift_t[:, :-1]
+
+    def make_tile(start: int):
+        rows = min(layout.tile_rows, n_q - start)
+        offset = groups * start * n_k if layout.keep else 0
+        tile = buffer[offset:offset + groups * rows * n_k].view(groups, rows, n_k)
+        torch.bmm(scaled_q[:, start:start + rows], keys, out=tile)
+        if bounded:
+            return tile.exp2_(), None
+        row_max = tile.amax(dim=2, keepdim=True)
+        spans_ok = ((row_max - tile.amin(dim=2, keepdim=True)) <= limit).all()
+        return tile.sub_(row_max).exp2_(), spans_ok
+
+    return make_tile
 
 
-def _log_domain(logits: torch.Tensor, v: torch.Tensor, iterations: int, col_target: float) -> torch.Tensor:
-    log_target = math.log(col_target)
-    g = torch.zeros_like(logits[:, :1, :])
+def _log_form(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logit_factor: float, iterations: int,
+              buffer: torch.Tensor, tile_rows: int) -> torch.Tensor:
+    """The formulas of asag-method.md section 2 in the log domain, over row tiles of logits remade
+    in every pass: each tile holds whole rows, so the row potentials f are exact per tile, and the
+    column potentials g come from a running log-sum-exp over the tiles."""
+    groups, n_q, n_k = q.shape[0], q.shape[1], k.shape[1]
+    log_target = math.log(n_q / n_k)
+    scaled_q, keys = q * logit_factor, k.transpose(1, 2)
+    size = groups * tile_rows * n_k
+    starts = range(0, n_q, tile_rows)
+
+    def logits(start: int):
+        """The logits of rows ``start:start + tile_rows``, and a scratch tile of the same shape."""
+        rows = min(tile_rows, n_q - start)
+        tile = buffer[:groups * rows * n_k].view(groups, rows, n_k)
+        scratch = buffer[size:size + groups * rows * n_k].view(groups, rows, n_k)
+        return torch.bmm(scaled_q[:, start:start + rows], keys, out=tile), scratch
+
+    g = torch.zeros((groups, 1, n_k), dtype=q.dtype, device=q.device)
     for _ in range(iterations):
-        f = -torch.logsumexp(logits + g, dim=2, keepdim=True)
-        g = log_target - torch.logsumexp(logits + f, dim=1, keepdim=True)
-    logits.add_(g)
-    logits.sub_(logits.logsumexp(dim=2, keepdim=True)).exp_()
-    return torch.bmm(logits, v)
+        col_max = torch.full_like(g, -math.inf)
+        col_sum = torch.zeros_like(g)
+        for start in starts:
+            tile, scratch = logits(start)
+            tile.add_(g)
+            row_max = tile.amax(dim=2, keepdim=True)
+            f = -(row_max + torch.sub(tile, row_max, out=scratch).exp_().sum(dim=2, keepdim=True).log_())
+            tile.sub_(g).add_(f)  # L + f, whose column log-sum-exp gives g
+            new_max = torch.maximum(col_max, tile.amax(dim=1, keepdim=True))
+            col_sum.mul_((col_max - new_max).exp_()).add_(tile.sub_(new_max).exp_().sum(dim=1, keepdim=True))
+            col_max = new_max
+        g = log_target - (col_max + col_sum.log())
+    out = torch.empty((groups, n_q, v.shape[2]), dtype=q.dtype, device=q.device)
+    for start in starts:
+        tile, _ = logits(start)
+        tile.add_(g)
+        tile.sub_(tile.amax(dim=2, keepdim=True)).exp_()
+        out[:, start:start + tile.shape[1]] = torch.bmm(tile, v) / tile.sum(dim=2, keepdim=True)
+    return out
 
 
 def adversarial_sinkhorn_attention_heads(

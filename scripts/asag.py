@@ -33,8 +33,8 @@ class AsagScript(scripts.Script):
         return components
 
     def process(self, p, *args):
-        # The Settings tab's defaults, read now: they fill the fields an API call leaves out.
-        ADAPTER.start_job(p, job.start(p, args, settings.current_defaults(shared.opts)))
+        # The Settings tab's values, read now: the defaults fill the fields an API call leaves out.
+        ADAPTER.start_job(p, job.start(p, args, settings.current_defaults(shared.opts)), settings.host_options(shared.opts))
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         ADAPTER.before_sampling(p)

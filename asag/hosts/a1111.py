@@ -2,14 +2,16 @@
 
 Per model call (host facts: a1111.md section 3):
   on_cfg_denoiser   keep the live ``CFGDenoiserParams`` (read later, so edits by callbacks that
-                    run after ours, such as ControlNet's, are seen) and decide the step's scale;
+                    run after ours, such as ControlNet's, are seen), decide the step's scale, and
+                    where the extra pass can take blocks from the main pass, record them;
   on_cfg_denoised   after the main UNet pass (so per-generation caches of other extensions are
                     sized by it), run the perturbed pass on the cond rows through the same inner
                     model, with the selected ``attn1`` instances swapped for Sinkhorn attention
                     for that call only, and compute ``w * (cond - perturbed)`` per image;
   on_cfg_after_cfg  add it, times ``nmask`` where the inpaint blend already ran: the same as
                     adding it before that (linear) blend, so masked-off areas stay untouched.
-Nothing is left patched between calls, so an exception or an interrupt leaves nothing behind.
+Nothing is left patched between steps. If the main pass itself fails, the block recording it had
+put in place is removed at the next ``process()``.
 """
 from __future__ import annotations
 
@@ -19,13 +21,25 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..attention import sinkhorn_attention
 from ..diagnostics import Diagnostics, Stopwatch, synchronize
 from ..guidance import progress_from_sigma, progress_from_steps, rescale_to, scale_at
 from ..layers import resolve_layers, self_attention_modules
-from ..params import AsagParams
 from ..log import logger
-from ..sinkhorn import adversarial_sinkhorn_attention_heads
-from . import NotApplicable, controlnet, job, settings
+from ..params import AsagParams
+from ..reuse import BlockReuse, every_row, first_rows
+from . import NotApplicable, controlnet, job
+from .settings import HostOptions
+
+
+@dataclass
+class UnetPlan:
+    """What ASAG does to one UNet: the selected attn1 modules, and the reusable blocks."""
+
+    unet: object
+    addresses: list
+    modules: list
+    reuse: BlockReuse | None
 
 
 @dataclass
@@ -36,6 +50,7 @@ class ModelCall:
     denoiser: object
     params: AsagParams
     scale: float
+    plan: UnetPlan
     term: torch.Tensor | None = None  # w * (cond - perturbed), per image
     cond_reference: torch.Tensor | None = None  # each image's cond prediction, for rescale
     main_started: float = 0.0  # diagnostics: when the main UNet pass began
@@ -45,12 +60,18 @@ class ModelCall:
 class JobState:
     p: object
     params: AsagParams
+    options: HostOptions = HostOptions()
     in_hr_pass: bool = False
     disabled: bool = False  # set once ASAG found it cannot apply to this job
     full_batch: bool = False
-    modules_by_unet: dict = field(default_factory=dict)  # id(diffusion_model) -> selected attn1 modules
+    unets: dict = field(default_factory=dict)  # id(diffusion_model) -> UnetPlan
     call: ModelCall | None = None
     diagnostics: Diagnostics | None = None
+
+    def stop_recording(self) -> None:
+        for plan in self.unets.values():
+            if plan.reuse is not None:
+                plan.reuse.stop()
 
 
 class _ActiveJob:
@@ -69,21 +90,21 @@ def register_callbacks(script_callbacks) -> None:
     script_callbacks.on_cfg_after_cfg(on_cfg_after_cfg)
 
 
-def start_job(p, params: AsagParams | None) -> None:
-    ACTIVE.state = None  # also drops a job that an exception ended before its postprocess
+def start_job(p, params: AsagParams | None, options: HostOptions = HostOptions()) -> None:
+    if ACTIVE.state is not None:  # a job that an exception ended before its postprocess
+        ACTIVE.state.stop_recording()
+    ACTIVE.state = None
     if params is None:
         return
-    state = JobState(p, params, full_batch=params.full_batch)
+    state = JobState(p, params, options, full_batch=params.full_batch)
     try:
         _check_model(p)
-        _selected_modules(state)
+        _plan(state)
     except NotApplicable as err:
         job.not_applied(p, str(err))
         return
     state.full_batch = params.full_batch or controlnet.needs_full_batch(p)
-    from modules import shared
-
-    if settings.diagnostics_enabled(shared.opts):
+    if options.diagnostics:
         state.diagnostics = Diagnostics()
     ACTIVE.state = state
 
@@ -99,7 +120,10 @@ def before_hr(p) -> None:
 
 def end_job(p) -> None:
     state = ACTIVE.state
-    if state is not None and state.p is p and state.diagnostics is not None:
+    if state is None or state.p is not p:
+        return
+    state.stop_recording()
+    if state.diagnostics is not None:
         logger.info("diagnostics: %s", state.diagnostics.summary())
     ACTIVE.state = None
 
@@ -115,57 +139,20 @@ def _check_model(p) -> None:
         raise NotApplicable("an alternative UNet (such as TensorRT) replaces the PyTorch one, whose attention ASAG patches")
 
 
-def _selected_modules(state: JobState) -> list:
-    """The selected attn1 modules of the loaded UNet, resolved again when the model changes (refiner)."""
+def _plan(state: JobState) -> UnetPlan:
+    """The plan for the loaded UNet, made again when the model changes (refiner)."""
     from modules import shared
 
     unet = shared.sd_model.model.diffusion_model
-    if id(unet) not in state.modules_by_unet:
+    if id(unet) not in state.unets:
         available = self_attention_modules(unet)
         try:
             addresses = resolve_layers(state.params.layers, available)
         except ValueError as err:
             raise NotApplicable(str(err)) from None
-        state.modules_by_unet[id(unet)] = [available[a] for a in addresses]
-    return state.modules_by_unet[id(unet)]
-
-
-# ---- the attention swap --------------------------------------------------------------------------
-def _sinkhorn_forward(module, params: AsagParams, observe=None):
-    """A replacement ``forward`` for one ldm/sgm ``CrossAttention`` used as attn1.
-
-    Projections go through the module's own layers (so LoRA and ControlNet-LLLite hooks apply);
-    ``context`` may carry more tokens than ``x`` (ControlNet reference-only's feature bank).
-    ``observe(q, k, heads, scale)``, when given, sees the projections (diagnostics)."""
-
-    def forward(x, context=None, mask=None, **kwargs):
-        context = x if context is None else context
-        q, k, v = module.to_q(x), module.to_k(context), module.to_v(context)
-        if observe is not None:
-            observe(q, k, module.heads, module.scale)
-        out = adversarial_sinkhorn_attention_heads(q, k, v, module.heads, iterations=params.iterations,
-                                                   strength=params.strength, scale=module.scale)
-        return module.to_out(out.to(q.dtype))
-
-    return forward
-
-
-@contextlib.contextmanager
-def sinkhorn_attention(modules, params: AsagParams, observe=None):
-    """Swap the instances' ``forward`` for the duration of one perturbed call, then put back exactly
-    what was there (an instance-level forward of another extension, such as Hypertile's, or none,
-    which leaves the class's current optimised forward in charge)."""
-    saved = [module.__dict__.get("forward") for module in modules]
-    try:
-        for module in modules:
-            module.forward = _sinkhorn_forward(module, params, observe)
-        yield
-    finally:
-        for module, original in zip(modules, saved):
-            if original is None:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = original
+        reuse = BlockReuse(unet, addresses) if state.options.reuse else None
+        state.unets[id(unet)] = UnetPlan(unet, addresses, [available[a] for a in addresses], reuse)
+    return state.unets[id(unet)]
 
 
 # ---- the cfg callbacks ---------------------------------------------------------------------------
@@ -201,17 +188,30 @@ def on_cfg_denoiser(denoiser_params) -> None:
     state = _state_for(denoiser_params)
     if state is None:
         return
+    state.stop_recording()  # a previous call whose extra pass never came
     state.call = None
     params = job.params_for_pass(state.params, state.in_hr_pass)
     if params is None:
         return
     denoiser = getattr(denoiser_params, "denoiser", None) or state.p.sampler.model_wrap_cfg  # 1.6/1.7
     scale = scale_at(params, _progress(params, denoiser, denoiser_params))
-    if scale != 0:
-        state.call = ModelCall(denoiser_params, denoiser, params, scale)
-        if state.diagnostics is not None:
-            synchronize(denoiser_params.x)
-            state.call.main_started = time.perf_counter()
+    if scale == 0:
+        return
+    try:
+        plan = _plan(state)  # apply_refiner, which may swap the model, ran before this callback
+    except NotApplicable as err:  # the refiner swapped in a model without these layers
+        state.disabled = True
+        job.not_applied(state.p, str(err))
+        return
+    if not job.acts_at(state.p, params, plan.unet, plan.addresses, denoiser_params.x):
+        return
+    state.call = ModelCall(denoiser_params, denoiser, params, scale, plan)
+    if plan.reuse is not None:
+        # The main pass's layout (a1111.md 3.1): each image's cond rows first, then the uncond rows.
+        plan.reuse.record(every_row if state.full_batch else first_rows(_rows(denoiser_params.text_cond)))
+    if state.diagnostics is not None:
+        synchronize(denoiser_params.x)
+        state.call.main_started = time.perf_counter()
 
 
 def on_cfg_denoised(denoised_params) -> None:
@@ -219,39 +219,28 @@ def on_cfg_denoised(denoised_params) -> None:
     call = state.call if state is not None else None
     if call is None:
         return
-    try:
-        modules = _selected_modules(state)
-    except NotApplicable as err:  # the refiner swapped in a model without these layers
-        state.call, state.disabled = None, True
-        job.not_applied(state.p, str(err))
-        return
     diagnostics = state.diagnostics
     if diagnostics is not None:
         synchronize(denoised_params.x)
         diagnostics.main_seconds += time.perf_counter() - call.main_started
+    observe = diagnostics.plan_observer(call.params.iterations, call.params.strength) if diagnostics is not None else None
     # The stopwatch synchronises a GPU: only when diagnostics are on.
     watch = Stopwatch(denoised_params.x) if diagnostics is not None else contextlib.nullcontext()
-    with watch, sinkhorn_attention(modules, call.params, _plan_observer(diagnostics, call.params)):
-        perturbed = _perturbed_pass(call, denoised_params.inner_model, state.full_batch)
+    reuse = call.plan.reuse
+    try:
+        if reuse is not None:
+            reuse.replay()
+        with watch, sinkhorn_attention(call.plan.modules, call.params, observe, state.options.attention_budget_bytes):
+            perturbed = _perturbed_pass(call, denoised_params.inner_model, state.full_batch)
+    finally:
+        reused_blocks = reuse.stop() if reuse is not None else 0
     n_cond = perturbed.shape[0]
     cond = denoised_params.x[:n_cond]
     call.term, call.cond_reference = _per_image(call, cond, perturbed)
     if diagnostics is not None:
         diagnostics.record_pass(call.term, perturbed, cond, watch.seconds)
-
-
-def _plan_observer(diagnostics: Diagnostics | None, params: AsagParams):
-    """Diagnostics of the first perturbed layer's plan (first row, first head), once per pass."""
-    if diagnostics is None:
-        return None
-    seen = []
-
-    def observe(q, k, heads, scale):
-        if not seen:
-            seen.append(True)
-            d = q.shape[-1] // heads
-            diagnostics.record_plan(q[0, :, :d], k[0, :, :d], iterations=params.iterations, strength=params.strength, scale=scale)
-    return observe
+        if reuse is not None:
+            diagnostics.record_reuse(reused_blocks, reuse.total_blocks)
 
 
 def on_cfg_after_cfg(after_params) -> None:

@@ -7,14 +7,24 @@ is nothing to undo. At each step the post-CFG function runs the extra pass on th
 the host's own batch helper, on a shallow copy of that step's ``model_options`` with the Sinkhorn
 ``attn1`` replacement added: ControlNet, IP-Adapter and every other patch apply to it as to the
 main pass, and the live options are never changed.
+
+Reuse of the main pass (asag/reuse.py): ``on_cfg_denoiser`` starts recording the cond rows of the
+step's main pass (``transformer_options["cond_or_uncond"]`` tells which rows those are, however
+the host batched or split them) and the post-CFG function replays them in the extra pass, then
+removes the block forwards it had put in place.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import time
 
 from .. import guidance, layers, sinkhorn
+from ..diagnostics import Diagnostics, Stopwatch, synchronize
 from ..log import logger
+from ..reuse import BlockReuse, remove_leftovers
 from . import detect, job
+from .settings import HostOptions
 
 STATE_ATTR = "_asag_state"
 OWNED_ATTR = "_asag_owned"  # marks ASAG's functions in model_options lists, so a re-patch replaces them
@@ -23,10 +33,16 @@ OWNED_ATTR = "_asag_owned"  # marks ASAG's functions in model_options lists, so 
 class ForgeJob:
     """One generation's runtime state, kept on ``p`` (created in ``process``, dropped in ``postprocess``)."""
 
-    def __init__(self, params):
+    def __init__(self, params, options: HostOptions = HostOptions()):
         self.params = params
+        self.options = options
+        self.diagnostics = Diagnostics() if options.diagnostics else None
+        self.pass_params = None  # the settings of the sampling pass under way (first pass or hires fix)
+        self.selected = []  # that pass's selected layers
+        self.reuse: BlockReuse | None = None  # that pass's UNet's reusable blocks
         self.step = None  # the step's CFGDenoiserParams; read at call time, later callbacks may replace .x
         self.step_x = None  # the step's x as it was when ASAG's on_cfg_denoiser ran
+        self.step_started = 0.0  # diagnostics: when the step's main pass began
         self.main_call = True  # does the current sampling_function_inner call denoise the step's own x?
 
     def note_call_input(self, x) -> None:
@@ -36,20 +52,50 @@ class ForgeJob:
         # before any other pre-CFG function (inpaint_only's) replaces x, so identity is reliable.
         self.main_call = self.step is None or x is self.step.x or x is self.step_x
 
+    def stop_recording(self) -> int:
+        return self.reuse.stop() if self.reuse is not None else 0
+
 
 def register_callbacks(script_callbacks) -> None:
     script_callbacks.on_cfg_denoiser(remember_step)
 
 
 def remember_step(params) -> None:
-    """``on_cfg_denoiser``: the step counters for the active window, and the step's x."""
-    state = getattr(getattr(params.denoiser, "p", None), STATE_ATTR, None)
-    if state is not None:
-        state.step, state.step_x = params, params.x
+    """``on_cfg_denoiser``: the step counters for the active window, and the step's x; where the
+    step will run the extra pass, start recording its main pass."""
+    p = getattr(params.denoiser, "p", None)
+    state = getattr(p, STATE_ATTR, None)
+    if state is None:
+        return
+    state.step, state.step_x = params, params.x
+    state.stop_recording()  # a step whose extra pass never came
+    if state.pass_params is None:
+        return
+    model = p.sd_model.forge_objects.unet.model
+    if guidance.scale_at(state.pass_params, _progress(state.pass_params, state, model, params.sigma)) == 0:
+        return
+    if not job.acts_at(p, state.pass_params, model.diffusion_model, state.selected, params.x):
+        return
+    if state.reuse is not None:
+        state.reuse.record(cond_rows)
+    if state.diagnostics is not None:
+        synchronize(params.x)
+        state.step_started = time.perf_counter()
 
 
-def start_job(p, params) -> None:
-    setattr(p, STATE_ATTR, ForgeJob(params) if params is not None else None)
+def cond_rows(rows: int, args: tuple, kwargs: dict) -> list[int]:
+    """The cond rows of one UNet call of Forge's batch helper: ``cond_or_uncond`` holds one entry
+    per chunk of equal size (0 = cond), in the order the chunks were batched."""
+    options = args[3] if len(args) > 3 else kwargs.get("transformer_options") or {}
+    kinds = options.get("cond_or_uncond") or []
+    if not kinds or rows % len(kinds):
+        return []
+    size = rows // len(kinds)
+    return [chunk * size + row for chunk, kind in enumerate(kinds) if kind == 0 for row in range(size)]
+
+
+def start_job(p, params, options: HostOptions = HostOptions()) -> None:
+    setattr(p, STATE_ATTR, ForgeJob(params, options) if params is not None else None)
 
 
 def before_hr(p) -> None:
@@ -57,6 +103,11 @@ def before_hr(p) -> None:
 
 
 def end_job(p) -> None:
+    state = getattr(p, STATE_ATTR, None)
+    if state is not None:
+        state.stop_recording()
+        if state.diagnostics is not None:
+            logger.info("diagnostics: %s", state.diagnostics.summary())
     setattr(p, STATE_ATTR, None)
 
 
@@ -64,25 +115,34 @@ def before_sampling(p) -> None:
     """Patch a clone of the UNet patcher for this sampling pass. Idempotent: hires. fix calls it
     twice, and ASAG's functions from an earlier call are replaced, not doubled."""
     state = getattr(p, STATE_ATTR, None)
+    if state is not None:
+        state.stop_recording()
+        state.pass_params = state.reuse = None
+    sd_model = p.sd_model
+    is_unet = any(getattr(sd_model, flag, False) for flag in ("is_sd1", "is_sd2", "is_sdxl"))
+    if is_unet:  # with ASAG on or off: what a generation that an exception ended mid-step left
+        remove_leftovers(sd_model.forge_objects.unet.model.diffusion_model)
     params = job.params_for_pass(state.params if state else None, getattr(p, "is_hr_pass", False))
     if params is None:
         return
-    sd_model = p.sd_model
-    if not any(getattr(sd_model, flag, False) for flag in ("is_sd1", "is_sd2", "is_sdxl")):
+    if not is_unet:
         job.not_applied(p, "this is not a UNet model (Flux/SD3/Chroma); ASAG supports SD1, SD2 and SDXL")
         return
     unet = sd_model.forge_objects.unet.clone()
+    diffusion_model = unet.model.diffusion_model
     try:
-        selected = layers.resolve_layers(params.layers, layers.self_attention_modules(unet.model.diffusion_model))
+        selected = layers.resolve_layers(params.layers, layers.self_attention_modules(diffusion_model))
     except ValueError as err:
         job.not_applied(p, str(err))
         return
+    state.pass_params, state.selected = params, selected
+    state.reuse = BlockReuse(diffusion_model, selected) if state.options.reuse else None
     host = detect.detect_host()
     # 3-tuple keys: Forge tries (block, id, index) before (block, id), and reference-only
     # registers 3-tuple keys on every layer, which would shadow 2-tuple ones.
     keys = [address.patch_key for address in selected]
     _put_first(unet.model_options, "sampler_pre_cfg_function", _pre_cfg_function(host, state))
-    _put_first(unet.model_options, "sampler_post_cfg_function", _post_cfg_function(params, state, keys, _cond_prediction(host)))
+    _put_first(unet.model_options, "sampler_post_cfg_function", _post_cfg_function(p, params, state, keys, _cond_prediction(host)))
     sd_model.forge_objects.unet = unet
     logger.debug("%s: extra pass with Sinkhorn attn1 at %s", host, ", ".join(map(str, keys)))
 
@@ -116,8 +176,9 @@ def _cond_prediction(host: str):
     return lambda model, cond, x, sigma, options: calc_cond_uncond_batch(model, cond, None, x, sigma, options)[0]
 
 
-def _post_cfg_function(params, state: ForgeJob, keys, cond_prediction):
-    attn1 = sinkhorn_attn1(params)
+def _post_cfg_function(p, params, state: ForgeJob, keys, cond_prediction):
+    budget = state.options.attention_budget_bytes
+    attn1 = sinkhorn_attn1(params, budget_bytes=budget)
 
     def asag_post_cfg(args):
         denoised = args["denoised"]
@@ -125,11 +186,30 @@ def _post_cfg_function(params, state: ForgeJob, keys, cond_prediction):
             return denoised  # reference-only's recording call: leave its recordings alone
         model, sigma = args["model"], args["sigma"]
         scale = guidance.scale_at(params, _progress(params, state, model, sigma))
-        if scale == 0:
+        if scale == 0 or not job.acts_at(p, params, model.diffusion_model, state.selected, args["input"]):
+            state.stop_recording()
             return denoised
-        options = with_attn1_replacement(args["model_options"], attn1, keys)
-        perturbed = cond_prediction(model, args["cond"], args["input"], sigma, options)
-        return guidance.apply_guidance(denoised, args["cond_denoised"], perturbed, scale, params.rescale)
+        diagnostics = state.diagnostics
+        if diagnostics is not None:
+            synchronize(denoised)
+            diagnostics.main_seconds += time.perf_counter() - state.step_started
+        replacement = attn1 if diagnostics is None else \
+            sinkhorn_attn1(params, diagnostics.plan_observer(params.iterations, params.strength), budget)
+        options = with_attn1_replacement(args["model_options"], replacement, keys)
+        watch = Stopwatch(denoised) if diagnostics is not None else contextlib.nullcontext()
+        try:
+            if state.reuse is not None:
+                state.reuse.replay()
+            with watch:
+                perturbed = cond_prediction(model, args["cond"], args["input"], sigma, options)
+        finally:
+            reused_blocks = state.stop_recording()
+        cond = args["cond_denoised"]
+        if diagnostics is not None:
+            diagnostics.record_pass(guidance.guidance_term(cond, perturbed, scale), perturbed, cond, watch.seconds)
+            if state.reuse is not None:
+                diagnostics.record_reuse(reused_blocks, state.reuse.total_blocks)
+        return guidance.apply_guidance(denoised, cond, perturbed, scale, params.rescale)
 
     return asag_post_cfg
 
@@ -146,12 +226,17 @@ def _progress(params, state: ForgeJob, model, sigma) -> float:
     return guidance.progress_from_sigma(float(sigma.max()), float(sampling.sigma_min), float(sampling.sigma_max))
 
 
-def sinkhorn_attn1(params):
+def sinkhorn_attn1(params, observe=None, budget_bytes: int = sinkhorn.MEMORY_BUDGET_BYTES):
     """The ``attn1`` replacement: q, k, v already projected, ``(B, N, heads * dim_head)``; k and v
-    may have more tokens than q. Forge applies ``to_out`` to the result."""
+    may have more tokens than q. Forge applies ``to_out`` to the result (and its attention's scale
+    is ``dim_head ** -0.5``, the operator's default). ``observe(q, k, heads, scale)`` sees the
+    projections (diagnostics)."""
     def asag_sinkhorn_attn1(q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        if observe is not None:
+            observe(q, k, heads, (q.shape[-1] // heads) ** -0.5)
         return sinkhorn.adversarial_sinkhorn_attention_heads(
-            q, k, v, extra_options["n_heads"], iterations=params.iterations, strength=params.strength
+            q, k, v, heads, iterations=params.iterations, strength=params.strength, budget_bytes=budget_bytes
         )
     return asag_sinkhorn_attn1
 

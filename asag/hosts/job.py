@@ -1,10 +1,11 @@
 """Per-generation bookkeeping shared by every host: reading the parameters (UI args, API payload,
 X/Y/Z overrides), choosing the settings of each sampling pass, and reporting why ASAG did not
-apply. Nothing here touches a model."""
+apply or cannot act. Nothing here changes a model."""
 from __future__ import annotations
 
+from ..layers import single_token_only
 from ..log import logger
-from ..params import PARAMS, AsagParams
+from ..params import NOTE_KEY, PARAMS, AsagParams
 from . import infotext
 
 XYZ_ATTR_PREFIX = "asag_"  # X/Y/Z axes set p.asag_<param name> on their (shallow) copy of p
@@ -50,3 +51,20 @@ def not_applied(p, reason: str) -> None:
     logger.warning("not applied: %s", reason)
     # Only the note: the settings' keys would make a paste turn ASAG on for a model it cannot apply to.
     infotext.write(p.extra_generation_params, None, note=f"not applied: {reason}")
+
+
+def acts_at(p, params: AsagParams, diffusion_model, selected, latent) -> bool:
+    """Whether the selected layers can change anything for this latent. Where each has a single
+    token (SD1.5's middle block below 128x128, say), any attention is the identity, so ASAG would
+    change nothing: said once per generation, in the console and the infotext, and the extra pass
+    is skipped. The settings stay in the infotext: they act at larger sizes."""
+    height, width = latent.shape[-2:]
+    if not single_token_only(diffusion_model, selected, height, width):
+        return True
+    if not p.extra_generation_params.get(NOTE_KEY, "").startswith("no effect"):
+        reason = (f"every selected layer ({params.layers}) has a single token at a {height}x{width} latent "
+                  f"({height * 8}x{width * 8} pixels), where any attention is the identity; choose layers with more "
+                  f"tokens (such as output) or a larger image")
+        logger.warning("no effect: %s", reason)
+        p.extra_generation_params[NOTE_KEY] = f"no effect: {reason}"
+    return False

@@ -1,18 +1,23 @@
-"""The ASAG section of the WebUI's Settings tab: the defaults users change most, and diagnostics.
+"""The ASAG section of the WebUI's Settings tab: the defaults users change most, and the options
+of the host side (diagnostics, reuse of the main pass, the attention's memory budget).
 
 ``on_ui_settings`` registers the options (``script_callbacks.on_ui_settings``). The readers take
 ``shared.opts`` and are called when they matter: ``current_defaults`` each time the controls are
 built (the page, and the API, which rebuilds them per request for its defaults, so API callers
-see a changed setting at once while the page needs "Reload UI"); ``diagnostics_enabled`` at
-generation time. Each option's label, range and hint come from ``PARAMS``; a bad value in the
-settings file is reported and replaced by the built-in default, never raised into the UI.
+see a changed setting at once while the page needs "Reload UI"); ``host_options`` once per
+generation. The defaults' labels, ranges and hints come from ``PARAMS``, the host options' from
+``HOST_OPTIONS``; a bad value in the settings file is reported and replaced by the built-in
+default, never raised into the UI.
 
 No gradio at import: the readers run, and are tested, without it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..log import logger
 from ..params import PARAM_BY_NAME, AsagParams
+from ..memory import MEMORY_BUDGET_MIB
 
 SECTION = ("asag", "ASAG")
 
@@ -22,10 +27,63 @@ DEFAULT_KEYS: dict[str, str] = {
     "scale": "asag_default_scale",
     "layers": "asag_default_layers",
 }
-DIAGNOSTICS_KEY = "asag_diagnostics"
-DIAGNOSTICS_LABEL = "Log ASAG diagnostics to the console"
-DIAGNOSTICS_INFO = ("per generation: the guidance's size, the adversarial plans' row entropy and column-marginal error, "
-                    "NaN count and the extra pass's measured cost (A1111; synchronises the GPU, so slightly slower)")
+
+
+@dataclass(frozen=True)
+class HostOption:
+    """One option of the host side: a checkbox (bool default) or a slider (int default)."""
+
+    name: str  # the HostOptions field it sets
+    key: str
+    label: str
+    info: str
+    default: bool | int
+    minimum: int | None = None
+    maximum: int | None = None
+    step: int | None = None
+
+    def read(self, opts):
+        raw = getattr(opts, self.key, None)  # None also where the options are not registered (yet)
+        if raw is None:
+            return self.default
+        if isinstance(self.default, bool):
+            if isinstance(raw, bool):
+                return raw
+        elif isinstance(raw, (int, float)) and not isinstance(raw, bool) and float(raw).is_integer() \
+                and self.minimum <= raw <= self.maximum:
+            return int(raw)
+        allowed = "true or false" if isinstance(self.default, bool) else f"a whole number from {self.minimum} to {self.maximum}"
+        logger.warning("Settings > ASAG > %s: got %r, expected %s; using %r instead", self.label, raw, allowed, self.default)
+        return self.default
+
+
+HOST_OPTIONS: tuple[HostOption, ...] = (
+    HostOption("reuse", "asag_reuse_blocks", "Reuse the main pass in the extra pass",
+               "the extra pass takes the blocks before the first perturbed layer from the main pass instead of "
+               "computing them again: the same image, a cheaper step; turn off only to compare or report a bug", True),
+    HostOption("attention_budget_mib", "asag_attention_budget_mib", "Memory budget of the Sinkhorn attention (MiB)",
+               "the most memory one perturbed layer's plan may take; beyond it the plan is computed in streamed tiles, "
+               "a little slower; lower it on a small GPU", MEMORY_BUDGET_MIB, minimum=16, maximum=8192, step=16),
+    HostOption("diagnostics", "asag_diagnostics", "Log ASAG diagnostics to the console",
+               "per generation: the guidance's size, the adversarial plans' row entropy and column-marginal error, "
+               "NaN count, the extra pass's measured share of the step and how much of it the main pass spared "
+               "(synchronises the GPU, so slightly slower)", False),
+)
+HOST_OPTION_BY_NAME = {option.name: option for option in HOST_OPTIONS}
+DIAGNOSTICS_KEY = HOST_OPTION_BY_NAME["diagnostics"].key
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """The host-side options of one generation (``host_options(shared.opts)``)."""
+
+    reuse: bool = True
+    attention_budget_mib: int = MEMORY_BUDGET_MIB
+    diagnostics: bool = False
+
+    @property
+    def attention_budget_bytes(self) -> int:
+        return self.attention_budget_mib * 2**20
 
 # Wide enough for every UNet the WebUI loads, so that resolving against it checks only the spelling
 # of a layer list; whether the loaded model has those blocks is checked at generation time.
@@ -43,9 +101,13 @@ def option_infos(shared, gr) -> dict:
         component, args = control_for(spec, gr)
         info = shared.OptionInfo(spec.default, f"Default {spec.label}", component, args, section=SECTION)
         infos[key] = _annotate(info, spec.help)
-    infos[DIAGNOSTICS_KEY] = _annotate(
-        shared.OptionInfo(False, DIAGNOSTICS_LABEL, gr.Checkbox, {}, section=SECTION), DIAGNOSTICS_INFO, reload_ui=False
-    )
+    for option in HOST_OPTIONS:
+        if isinstance(option.default, bool):
+            component, args = gr.Checkbox, {}
+        else:
+            component, args = gr.Slider, {"minimum": option.minimum, "maximum": option.maximum, "step": option.step}
+        info = shared.OptionInfo(option.default, option.label, component, args, section=SECTION)
+        infos[option.key] = _annotate(info, option.info, reload_ui=False)
     return infos
 
 
@@ -90,8 +152,9 @@ def current_defaults(opts) -> AsagParams:
     return AsagParams(**values)
 
 
-def diagnostics_enabled(opts) -> bool:
-    return bool(getattr(opts, DIAGNOSTICS_KEY, False))
+def host_options(opts) -> HostOptions:
+    """The host-side options, each from Settings where set and valid."""
+    return HostOptions(**{option.name: option.read(opts) for option in HOST_OPTIONS})
 
 
 def _check_layer_list(spec: str) -> None:

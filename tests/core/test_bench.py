@@ -18,3 +18,13 @@ def test_attention_benchmark_prints_ratios_of_one_run(monkeypatch, capsys):
     assert row[0] == "4x256x16"
     assert min(asag_ms, textbook_ms, sdpa_ms, vs_textbook, vs_sdpa) > 0
     assert textbook_mib >= 3  # three 4 x 256 x 256 float32 buffers: the peak is measured, not zero
+
+
+def test_large_attention_benchmark_compares_with_sdpa_only(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "LARGE_ATTENTION_SHAPES", ((2, 512, 8),))
+    bench.main(["attention", "--device", "cpu", "--repeats", "1", "--large"])
+    out = capsys.readouterr().out
+    assert "textbook" not in out
+    (row,) = table_rows(out)
+    asag_ms, sdpa_ms, asag_mib, sdpa_mib, vs_sdpa = map(float, row[1:])
+    assert row[0] == "2x512x8" and min(asag_ms, sdpa_ms, vs_sdpa) > 0

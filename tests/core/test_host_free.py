@@ -11,7 +11,7 @@ class Block:
         if name.split('.')[0] in {'modules', 'backend', 'ldm_patched', 'modules_forge', 'gradio', 'ldm', 'sgm', 'k_diffusion'}:
             raise ImportError('core imported host module ' + name)
 sys.meta_path.insert(0, Block())
-import asag, asag.bench, asag.guidance, asag.layers, asag.params, asag.sinkhorn, asag.log
+import asag, asag.attention, asag.bench, asag.diagnostics, asag.guidance, asag.layers, asag.memory, asag.params, asag.reuse, asag.sinkhorn, asag.log
 print(sorted(m for m in sys.modules if m.startswith('asag')))
 """
 

@@ -90,3 +90,35 @@ def test_a_model_without_middle_attention_says_so():
         resolve_layers("middle", available)
     assert "m0" not in describe_available(available)
     assert "no self-attention" in describe_available([])
+
+
+@pytest.mark.parametrize("height,width", [(16, 16), (8, 12), (4, 4), (20, 8)])
+def test_token_counts_are_what_the_layers_see(height, width):
+    # Measured: a pre-hook on every attn1 records its input's token count in a real forward pass.
+    import torch
+
+    from asag.layers import attention_tokens, single_token_only
+
+    model = tiny_unet("sd1")
+    layers = self_attention_modules(model)
+    seen = {}
+    hooks = [module.register_forward_pre_hook(lambda m, args, a=address: seen.__setitem__(a, args[0].shape[1]))
+             for address, module in layers.items()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 4, height, width), torch.tensor([10.0]), context=torch.zeros(1, 3, 32))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert attention_tokens(model, layers, height, width) == seen
+    middle = [LayerAddress("middle", 0, 0)]
+    assert single_token_only(model, middle, height, width) == (seen[middle[0]] == 1)
+    assert not single_token_only(model, layers, height, width)  # the outer layers have more
+
+
+def test_a_downsampling_rounds_up():
+    from asag.layers import attention_tokens
+
+    model = tiny_unet("sd1")
+    tokens = attention_tokens(model, [LayerAddress("input", 4, 0), LayerAddress("middle", 0, 0)], 5, 7)
+    assert tokens == {LayerAddress("input", 4, 0): 3 * 4, LayerAddress("middle", 0, 0): 2 * 2}

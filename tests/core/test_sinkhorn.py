@@ -1,5 +1,6 @@
 """The seven properties of the operator's contract (asag-method.md, section 2)."""
 import math
+import weakref
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from asag import sinkhorn
 from asag.sinkhorn import adversarial_sinkhorn_attention as asa, adversarial_sinkhorn_attention_heads as asa_heads
-from tests.core.reference import reference_attention, reference_plan
+from tests.core.reference import reference_attention
 
 
 def rand(*shape, seed=0, scale=1.0, dtype=torch.float32):
@@ -128,17 +129,36 @@ def test_a_wide_row_in_a_late_tile_switches_the_chunk_to_the_log_form(monkeypatc
     assert (out.double() - reference_attention(q, k, v, iterations=2)).abs().max() <= 1e-4
 
 
-class LargestAllocation(TorchDispatchMode):
-    def __init__(self):
+class LiveMemory(TorchDispatchMode):
+    """Measures what a call allocates: every tensor storage an operation creates counts from its
+    creation until it is freed (a finalizer on the storage), and ``peak`` is the most alive at
+    once. Storages that existed before (the inputs) are not counted."""
+
+    def __init__(self, *existing):
         super().__init__()
-        self.largest = 0
+        self.known = {id(t.untyped_storage()) for t in existing}
+        self.live = self.peak = self.largest = 0
+        self.syncs = 0  # device-to-host reads (.item(), bool() of a tensor)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.syncs += 1
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel() * t.element_size())
+            if isinstance(t, torch.Tensor) and id(t.untyped_storage()) not in self.known:
+                self._track(t.untyped_storage())
         return out
+
+    def _track(self, storage):
+        size = storage.nbytes()
+        self.known.add(id(storage))
+        self.live += size
+        self.peak, self.largest = max(self.peak, self.live), max(self.largest, size)
+        weakref.finalize(storage, self._free, id(storage), size)
+
+    def _free(self, key, size):
+        self.known.discard(key)
+        self.live -= size
 
 
 @pytest.mark.parametrize("amplitude", [1.0, 40.0])  # the scaling form and the log form
@@ -148,13 +168,87 @@ def test_memory_stays_within_one_chunk(amplitude):
     # d small enough that q, k, v and the output are smaller than one n x n slice
     q, k, v = rand(groups, n, 8, scale=amplitude * 2), rand(groups, n, 8, seed=1, scale=amplitude * 2), rand(groups, n, 8, seed=2)
     budget = 2 * one_slice
-    with LargestAllocation() as tracker:
-        out = asa(q, k, v, iterations=2, max_chunk_bytes=budget)
+    with LiveMemory(q, k, v) as tracker:
+        out = asa(q, k, v, iterations=2, budget_bytes=budget)
     assert tracker.largest <= budget, (tracker.largest, groups * one_slice)  # never the full groups x n x n
     torch.testing.assert_close(out, asa(q, k, v, iterations=2), atol=1e-6, rtol=0)
-    with LargestAllocation() as tracker:
-        asa(q, k, v, iterations=2, max_chunk_bytes=1)  # smaller than one slice: one group at a time
-    assert tracker.largest <= one_slice
+    with LiveMemory(q, k, v) as tracker:
+        asa(q, k, v, iterations=2, budget_bytes=1)  # smaller than one slice: streamed row by row
+    assert tracker.largest < one_slice
+
+
+# ---- streaming: one head's slice larger than the budget ------------------------------------------
+def streamed(monkeypatch, gpu_layout=False):
+    """Make every call stream its kernel: a budget of a few rows (and, with ``gpu_layout``, the
+    layout a CUDA device gets, so that the GPU code path runs here on the CPU)."""
+    real = sinkhorn.layout_for
+
+    def layout(groups, n_q, n_k, on_cpu, budget_bytes):
+        budget = min(budget_bytes, 5 * n_k * 4)  # 5 rows of one group: never a multiple of n_q here
+        chosen = real(groups, n_q, n_k, on_cpu and not gpu_layout, budget)
+        assert not chosen.keep and chosen.tile_rows < n_q
+        return chosen
+    monkeypatch.setattr(sinkhorn, "layout_for", layout)
+
+
+STREAM_SHAPES = [(2, 23, 23, 16), (3, 17, 41, 8), (1, 40, 45, 40)]  # groups, n_q, n_k, d
+
+
+@pytest.mark.parametrize("gpu_layout", [False, True])
+@pytest.mark.parametrize("groups,n_q,n_k,d", STREAM_SHAPES)
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+def test_streaming_matches_the_float64_reference(monkeypatch, gpu_layout, groups, n_q, n_k, d, iterations):
+    q, k, v = rand(groups, n_q, d, scale=1.5), rand(groups, n_k, d, seed=1, scale=1.5), rand(groups, n_k, 6, seed=2)
+    kept = asa(q, k, v, iterations=iterations)
+    streamed(monkeypatch, gpu_layout)
+    out = asa(q, k, v, iterations=iterations)
+    assert (out.double() - reference_attention(q, k, v, iterations=iterations)).abs().max() <= 1e-5  # property 5
+    torch.testing.assert_close(out, kept, atol=1e-5, rtol=0)
+    assert (plan_of(q, k, iterations=iterations).sum(-1) - 1).abs().max() <= 1e-5  # property 1
+
+
+@pytest.mark.parametrize("gpu_layout", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_streaming_log_form_for_wide_rows_in_every_dtype(monkeypatch, gpu_layout, dtype):
+    # amplitude 40, d 64: logits reach ~1e3 and rows span far more than 100: the log form, streamed.
+    q, k, v = rand(2, 37, 64, scale=40, dtype=dtype), rand(2, 53, 64, seed=1, scale=40, dtype=dtype), rand(2, 53, 16, seed=2, dtype=dtype)
+    streamed(monkeypatch, gpu_layout)
+    for iterations in (1, 2, 10):
+        out = asa(q, k, v, iterations=iterations)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        tolerance = {torch.float32: 2e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+        assert (out.double() - reference_attention(q, k, v, iterations=iterations)).abs().max() <= tolerance
+
+
+def test_streaming_switches_to_the_log_form_for_one_wide_row_in_a_late_tile(monkeypatch):
+    q, k, v = rand(2, 30, 8), rand(2, 33, 8, seed=1), rand(2, 33, 4, seed=2)
+    q[:, -1] *= 200
+    streamed(monkeypatch)
+    out = asa(q, k, v, iterations=2)
+    assert (out.double() - reference_attention(q, k, v, iterations=2)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("amplitude,tolerance", [(1.0, 1e-4), (40.0, 2e-3)])  # the scaling form; the log form
+def test_a_few_mib_budget_never_holds_a_slice(amplitude, tolerance):
+    # One head of 2048 tokens: a 16 MiB slice, streamed within a 2 MiB budget.
+    n, d = 2048, 16
+    q, k, v = rand(1, n, d, scale=amplitude), rand(1, n, d, seed=1, scale=amplitude), rand(1, n, d, seed=2)
+    budget, one_slice = 2 * 2**20, n * n * 4
+    with LiveMemory(q, k, v) as tracker:
+        out = asa(q, k, v, iterations=2, budget_bytes=budget)
+    vectors = 4 * (n + n) * (d + d) * 4  # O((n_q + n_k) (d + d_v)): copies, potentials, the output
+    assert tracker.peak <= budget + vectors < one_slice / 2, (tracker.peak, budget, vectors)
+    # logits of ~1e3 (amplitude 40) leave float32 about 1e-3 (test_finite_for_huge_logits_in_every_dtype)
+    assert (out.double() - reference_attention(q, k, v, iterations=2)).abs().max() <= tolerance
+
+
+@pytest.mark.parametrize("amplitude,syncs", [(1.0, 1), (40.0, 2)])  # bound holds; span checked once
+def test_host_syncs_per_chunk_do_not_grow_with_the_tiles(monkeypatch, amplitude, syncs):
+    q, k, v = rand(1, 64, 16, scale=amplitude), rand(1, 64, 16, seed=1, scale=amplitude), rand(1, 64, 16, seed=2)
+    streamed(monkeypatch, gpu_layout=True)  # 13 tiles
+    with LiveMemory(q, k, v) as tracker:
+        asa(q, k, v, iterations=3)
+    assert tracker.syncs == syncs
 
 
 def test_heads_layout_matches_per_head_computation():

@@ -8,6 +8,7 @@ import os
 import sys
 
 import torch
+from ldm.modules.attention import SpatialTransformer
 
 from tests.conftest import ROOT
 from tests.models import wake_zero_layers
@@ -40,11 +41,66 @@ def tiny_latent_diffusion(conditioning_key="crossattn", in_channels=4, seed=0, u
     return model.eval()
 
 
-class WebUI:
-    """Imports the stand-in ``modules`` package; ``load_extension()`` runs scripts/asag.py."""
+# configs/inference/sd_xl_base.yaml's UNet: the real SDXL shape, with random weights. ldm's UNetModel
+# takes one transformer depth for every level, so it is built with the deepest and the level's
+# depth is applied by ``sdxl_shaped`` (SDXL_DEPTHS: channels -> transformer blocks).
+SDXL_UNET = dict(image_size=128, model_channels=320, num_res_blocks=2, attention_resolutions=[2, 4], channel_mult=[1, 2, 4],
+                 num_head_channels=64, use_spatial_transformer=True, transformer_depth=10, context_dim=[2048] * 10,
+                 use_linear_in_transformer=True, legacy=False)
+SDXL_DEPTHS = {640: 2, 1280: 10}
+SDXL_VECTOR_DIM = 2816
 
-    def __init__(self, sd_model=None, context_dim=CONTEXT_DIM, tokens=TOKENS):
-        self.context_dim, self.tokens = context_dim, tokens
+
+class SharedContextSpatialTransformer(SpatialTransformer):
+    """sgm's SpatialTransformer where ldm's differs: one context serves every transformer block."""
+
+    def forward(self, x, context=None):
+        if not isinstance(context, list):
+            context = [context] * len(self.transformer_blocks)
+        return super().forward(x, context)
+
+
+def sdxl_shaped(unet, depths=SDXL_DEPTHS):
+    """Give an ldm UNet built with the deepest transformers sgm's per-level depths and context use."""
+    for module in unet.modules():
+        if isinstance(module, SpatialTransformer):
+            module.__class__ = SharedContextSpatialTransformer
+            module.transformer_blocks = module.transformer_blocks[:depths.get(module.in_channels, len(module.transformer_blocks))]
+    return unet
+
+
+def tiny_sdxl_diffusion(seed=0, unet_params=TINY_UNET, vector_dim=8, depths={}):
+    """Stands for an SDXL model as A1111 loads it (sgm's DiffusionEngine, extended by
+    modules/sd_models_xl.py of v1.10.1): conds are dicts of "crossattn" and "vector", the UNet adds
+    the vector through a "sequential" label embedding (sgm's UNetModel), and ``apply_model`` is
+    sd_models_xl.apply_model followed by sgm's OpenAIWrapper. Built on ldm's LatentDiffusion for
+    the VAE and noise schedule, since sgm is not on PyPI; the UNet's modules are ldm's."""
+    import types
+
+    model = tiny_latent_diffusion(seed=seed, unet_params=unet_params)
+    unet = sdxl_shaped(model.model.diffusion_model, depths)
+    width = unet.time_embed[0].out_features
+    torch.manual_seed(seed + 1)
+    unet.num_classes = "sequential"
+    unet.label_emb = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(vector_dim, width), torch.nn.SiLU(), torch.nn.Linear(width, width)))
+    model.is_sdxl, model.is_sdxl_inpaint = True, False
+
+    def apply_model(self, x, t, cond):
+        if self.is_sdxl_inpaint:
+            x = torch.cat([x] + cond["c_concat"], dim=1)
+        x = torch.cat((x, cond.get("concat", torch.Tensor([]).type_as(x))), dim=1)  # OpenAIWrapper.forward
+        return self.model.diffusion_model(x, timesteps=t, context=cond.get("crossattn", None), y=cond.get("vector", None))
+
+    model.apply_model = types.MethodType(apply_model, model)
+    return model.eval()
+
+
+class WebUI:
+    """Imports the stand-in ``modules`` package; ``load_extension()`` runs scripts/asag.py.
+    ``vector_dim``: SDXL-style dict conds with a vector of that size (None: SD1-style tensors)."""
+
+    def __init__(self, sd_model=None, context_dim=CONTEXT_DIM, tokens=TOKENS, vector_dim=None):
+        self.context_dim, self.tokens, self.vector_dim = context_dim, tokens, vector_dim
         sys.path.insert(0, STANDIN)
         for name in [m for m in sys.modules if m == "modules" or m.startswith("modules.")]:
             del sys.modules[name]
@@ -81,11 +137,18 @@ class WebUI:
         per image, the weights of its AND parts (default: one part of weight 1)."""
         pp = self.prompt_parser
         gen = torch.Generator().manual_seed(seed)
+
+        def text(tokens):
+            context = torch.randn(tokens, self.context_dim, generator=gen)
+            if self.vector_dim is None:
+                return context
+            return {"crossattn": context, "vector": torch.randn(self.vector_dim, generator=gen)}
+
         and_weights = and_weights or [[1.0]] * batch_size
-        batch = [[pp.ComposableScheduledPromptConditioning([pp.ScheduledPromptConditioning(steps, torch.randn(self.tokens, self.context_dim, generator=gen))], w)
+        batch = [[pp.ComposableScheduledPromptConditioning([pp.ScheduledPromptConditioning(steps, text(self.tokens))], w)
                   for w in weights] for weights in and_weights]
         cond = pp.MulticondLearnedConditioning((batch_size,), batch)
-        uncond = [[pp.ScheduledPromptConditioning(steps, torch.randn(uncond_tokens or self.tokens, self.context_dim, generator=gen))] for _ in range(batch_size)]
+        uncond = [[pp.ScheduledPromptConditioning(steps, text(uncond_tokens or self.tokens))] for _ in range(batch_size)]
         return cond, uncond
 
     def generate(self, asag_args=None, batch_size=1, and_weights=None, uncond_tokens=None, before=(), **kwargs):

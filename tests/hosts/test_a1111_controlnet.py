@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from asag.hosts import a1111, controlnet
+from asag.layers import resolve_layers, self_attention_modules
+from asag.reuse import WRAPPER_ATTR, blocks_before
 from asag.sinkhorn import adversarial_sinkhorn_attention_heads
 from tests.conftest import ROOT
 from tests.hosts.a1111_harness import WebUI
+from tests.hosts.block_counter import BlockCounter
 
 CN_STANDIN = os.path.join(ROOT, "tests", "hosts", "controlnet_standin")
 SCALE = 3.0
@@ -170,3 +173,31 @@ def test_unit_classification(host, unit_fields, stateful):
     assert (controlnet.stateful_reason(unit) is not None) is stateful
     multi = host.external_code.ControlNetUnit(enabled=True, module="canny", input_mode=host.external_code.InputMode.MERGE)
     assert controlnet.stateful_reason(multi) is not None
+
+
+@pytest.mark.parametrize("spec", ["middle", "u6-8", "all"])
+@pytest.mark.parametrize("modules", [["canny"], ["reference_only"], ["ip-adapter_clip_sd15", "depth"]])
+def test_reuse_keeps_the_control_and_skips_exactly_the_reused_blocks(host, modules, spec):
+    # sd-webui-controlnet's replaced UNet forward calls the blocks itself and adds its residuals
+    # to their outputs: with reuse, the replayed outputs get them as the computed ones did.
+    unet = host.shared.sd_model.model.diffusion_model
+    settings = dict(batch_size=2, steps=2, sampler_name="Euler")
+    base, _, _ = generate(host, [False], modules, **settings)
+    results, computed = {}, {}
+    for reuse in (False, True):
+        host.shared.opts.asag_reuse_blocks = reuse
+        counter = BlockCounter([unet])
+        try:
+            results[reuse] = generate(host, [{"enabled": True, "scale": SCALE, "layers": spec}], modules, **settings)
+        finally:
+            host.shared.opts.asag_reuse_blocks = True
+            counter.close()
+        computed[reuse] = counter.block_computations
+    (off, _, hook_off), (on, _, hook_on) = results[False], results[True]
+    assert (off.latents - base.latents).abs().max() > 1e-3 * base.latents.abs().max()
+    assert (on.latents - off.latents).abs().max() <= 1e-4 * off.latents.abs().max()
+    assert hook_on.calls == hook_off.calls  # the same UNet calls, each with its control
+    assert all(had_control for *_, had_control in hook_on.calls) == (modules != ["reference_only"])
+    reused = len(blocks_before(unet, resolve_layers(spec, self_attention_modules(unet))))
+    assert computed[False] - computed[True] == reused * settings["steps"]  # one extra-pass UNet call per step
+    assert not any(hasattr(m.__dict__.get("forward"), WRAPPER_ATTR) for m in unet.modules())

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from asag import attention
 from asag.hosts import a1111
 from asag.sinkhorn import adversarial_sinkhorn_attention_heads
 from tests.hosts.a1111_harness import WebUI
@@ -176,14 +177,14 @@ def test_scale_zero_and_outside_the_window_run_no_extra_pass(host, monkeypatch):
                                            ("override", {False: 2, True: 5})])
 def test_hires_modes(host, monkeypatch, mode, expected):
     seen = {}
-    original = a1111.adversarial_sinkhorn_attention_heads
+    original = attention.adversarial_sinkhorn_attention_heads
 
     def counting(q, k, v, heads, **kwargs):
         seen[host.hr_flag()] = kwargs["iterations"]
         return original(q, k, v, heads, **kwargs)
 
     host.hr_flag = lambda: a1111.ACTIVE.state.in_hr_pass
-    monkeypatch.setattr(a1111, "adversarial_sinkhorn_attention_heads", counting)
+    monkeypatch.setattr(attention, "adversarial_sinkhorn_attention_heads", counting)
     host.generate([{"enabled": True, "hires": mode, "hires_iterations": 5}], **SCENARIOS["hires"])
     assert seen == expected
 
@@ -192,7 +193,7 @@ def test_an_exception_in_the_extra_pass_leaves_the_image_and_the_model_untouched
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(a1111, "adversarial_sinkhorn_attention_heads", broken)
+    monkeypatch.setattr(attention, "adversarial_sinkhorn_attention_heads", broken)
     failed, _ = host.generate([True, SCALE], **SCENARIOS["dpm++ 2m"])  # the host logs and goes on
     assert same_pixels(failed, host.baselines["dpm++ 2m"])
     unet = host.shared.sd_model.model.diffusion_model
@@ -334,3 +335,20 @@ def test_inpainting_model_gets_its_masked_image_conditioning(host):
     assert "ASAG note" not in on.infotext
     assert (on.latents - off.latents).abs().max() > 1e-3
 
+
+
+def test_layers_with_a_single_token_are_reported_and_leave_the_image_alone(host, monkeypatch):
+    # 32x32 pixels: a 4x4 latent, the tiny UNet's middle block at 1x1 (as SD1.5's below 128x128).
+    calls = []
+    original = a1111._perturbed_pass
+    monkeypatch.setattr(a1111, "_perturbed_pass", lambda *a, **k: calls.append(1) or original(*a, **k))
+    settings = dict(batch_size=1, steps=3, sampler_name="Euler", width_latent=4)
+    off, _ = host.generate([False], **settings)
+    on, _ = host.generate([True, SCALE, 2, 1.0, "middle"], **settings)
+    assert calls == [] and torch.equal(on.latents, off.latents)
+    note = on.infotext["ASAG note"]
+    assert note.startswith("no effect") and "(middle)" in note and "4x4 latent (32x32 pixels)" in note
+    assert on.infotext["ASAG scale"] == SCALE  # the settings stay: they act at larger sizes
+    output_side, _ = host.generate([True, SCALE, 2, 1.0, "u6-8"], **settings)  # 16 tokens there
+    assert "ASAG note" not in output_side.infotext and len(calls) == 3
+    assert (output_side.latents - off.latents).abs().max() > 1e-3

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from asag.hosts.settings import HostOptions
 from asag.params import NOTE_KEY, PARAM_BY_INFOTEXT_KEY, AsagParams
 from tests.core.reference import reference_attention
 from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_host, inputs, make_p, reset_forge_objects  # noqa: F401
@@ -20,11 +21,11 @@ def plain_attention(q, k, v, extra_options):
     return torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, n, inner)
 
 
-def start(host, p, callbacks=None, **fields):
+def start(host, p, callbacks=None, options=HostOptions(), **fields):
     """What scripts/asag.py does in process() and process_before_every_sampling()."""
     callbacks = callbacks or ScriptCallbacks()
     host.forge.register_callbacks(callbacks)
-    host.forge.start_job(p, host.job.start(p, [{"enabled": True, **fields}]))
+    host.forge.start_job(p, host.job.start(p, [{"enabled": True, **fields}]), options)
     host.forge.before_sampling(p)
     return callbacks
 
@@ -103,11 +104,13 @@ def test_standin_forward_equals_ldm_forward_and_routes_attn1_replacements(forge_
         seen.append((extra_options["block"], extra_options["block_index"], tuple(q.shape), extra_options["n_heads"]))
         return plain_attention(q, k, v, extra_options)
 
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
     with torch.no_grad():
-        expected = unet(x, t, context=cond)
-        assert torch.allclose(forge_host.unet_nn.unet_forward(unet, x, t, context=cond, transformer_options={}), expected, atol=1e-5)
+        expected = UNetModel.forward(unet, x, t, context=cond)  # ldm's own forward
+        assert torch.allclose(unet(x, t, context=cond, transformer_options={}), expected, atol=1e-5)
         options = {"patches_replace": {"attn1": {("middle", 0, 0): recorder, ("output", 4): recorder}}}
-        routed = forge_host.unet_nn.unet_forward(unet, x, t, context=cond, transformer_options=options)
+        routed = unet(x, t, context=cond, transformer_options=options)
     assert torch.allclose(routed, expected, atol=1e-4)
     # the 3-tuple key, and the 2-tuple fallback; middle at 4x4 latents: 16 tokens, 64 channels = 8 heads x 8
     assert seen == [(("middle", 0), 0, (1, 16, 64), 8), (("output", 4), 0, (1, 64, 64), 8)]
@@ -152,7 +155,8 @@ def test_live_model_options_are_unchanged_by_a_step(forge_host):
     assert p.sd_model.forge_objects.unet.model_options is live
 
 
-def test_replacement_runs_on_the_selected_layers_only(forge_host, monkeypatch):
+@pytest.mark.parametrize("reuse", [False, True])
+def test_replacement_runs_on_the_selected_layers_only(forge_host, monkeypatch, reuse):
     p = make_p(forge_host)
     # Like reference-only: an attn1 replacement on every 3-tuple key, recording where it runs.
     ran = []
@@ -163,14 +167,16 @@ def test_replacement_runs_on_the_selected_layers_only(forge_host, monkeypatch):
 
     p.sd_model.forge_objects.unet.set_model_replace_all(recorder, "attn1")
     extra_passes = spy_on_extra_passes(forge_host, monkeypatch)
-    callbacks = start(forge_host, p, layers="m0,u1", scale=1.0)
+    callbacks = start(forge_host, p, layers="m0,u1", scale=1.0, options=HostOptions(reuse=reuse))
     x, cond, uncond = inputs()
     denoise_step(forge_host, p, callbacks, x, SIGMA, cond, uncond, CFG)
 
     all_keys = {a.patch_key for a in attn1_modules(p)}
     selected = {("middle", 0, 0), ("output", 1, 0)}
+    # With reuse the extra pass takes the input blocks, which come before the middle one, from the main pass.
+    computed = {key for key in all_keys if key[0] != "input"} if reuse else all_keys
     assert {where for rows, where in ran if rows == (1, 0)} == all_keys  # main pass: untouched
-    assert {where for rows, where in ran if rows == (0,)} == all_keys - selected  # extra pass
+    assert {where for rows, where in ran if rows == (0,)} == computed - selected  # extra pass
     assert len(extra_passes) == 1
     attn1 = extra_passes[0]["transformer_options"]["patches_replace"]["attn1"]
     ours = {key for key, fn in attn1.items() if fn is not recorder}
@@ -357,3 +363,46 @@ def test_reforge_uses_calc_cond_batch_with_a_list_of_conds(forge_host, monkeypat
                         "uncond_denoised": None, "cond_denoised": cond_pred, "sigma": sigma, "model_options": options, "input": x})
     assert calls == [[compiled]]
     assert (out - cond_pred).abs().max() > 1e-3
+
+
+# ---- diagnostics and the single-token case ------------------------------------------------------
+
+def test_diagnostics_are_logged_per_generation(forge_host, caplog):
+    caplog.set_level("INFO", logger="asag")
+    p = make_p(forge_host)
+    callbacks = start(forge_host, p, scale=2.0, layers="u0-2", options=HostOptions(diagnostics=True))
+    x, cond, uncond = inputs()
+    for step in range(2):
+        denoise_step(forge_host, p, callbacks, x, SIGMA, cond, uncond, CFG, step=step, total=2)
+    forge_host.forge.end_job(p)
+    line = next(line for line in caplog.text.splitlines() if "diagnostics:" in line)
+    assert "2 extra passes" in line and "NaN values 0" in line and "of the main passes" in line
+    entropy = float(line.split("plan row entropy ")[1].split()[0])
+    assert 0.0 < entropy <= 1.0
+    relative = float(line.split("(")[1].split("%")[0])
+    assert relative > 0.1  # guidance RMS as a share of the cond prediction: measurably not zero
+    assert "2 of 2 extra passes took 10 of the UNet's 19 blocks from the main pass" in line
+
+
+def test_without_diagnostics_nothing_is_logged(forge_host, caplog):
+    caplog.set_level("INFO", logger="asag")
+    p = make_p(forge_host)
+    callbacks = start(forge_host, p, scale=2.0)
+    x, cond, uncond = inputs()
+    denoise_step(forge_host, p, callbacks, x, SIGMA, cond, uncond, CFG)
+    forge_host.forge.end_job(p)
+    assert "diagnostics" not in caplog.text
+
+
+def test_layers_with_a_single_token_are_reported_and_leave_the_result_alone(forge_host, monkeypatch):
+    # a 4x4 latent: the tiny UNet's middle block at 1x1 (as SD1.5's below 128x128)
+    p = make_p(forge_host)
+    extra_passes = spy_on_extra_passes(forge_host, monkeypatch)
+    callbacks = start(forge_host, p, scale=2.0, layers="middle")
+    g = torch.Generator().manual_seed(2)
+    x, cond, uncond = torch.randn(1, 4, 4, 4, generator=g) * 3, torch.randn(1, 7, 32, generator=g), torch.randn(1, 7, 32, generator=g)
+    out = denoise_step(forge_host, p, callbacks, x, SIGMA, cond, uncond, CFG)[0]
+    assert extra_passes == [] and torch.equal(out, baseline_step(forge_host, p, x, cond, uncond)[0])
+    note = p.extra_generation_params[NOTE_KEY]
+    assert note.startswith("no effect") and "(middle)" in note and "4x4 latent" in note
+    assert p.extra_generation_params["ASAG scale"] == 2.0

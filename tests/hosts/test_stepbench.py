@@ -1,12 +1,20 @@
-"""``python -m asag.bench step`` keeps working (its figures go into the README): a small UNet, one run."""
+"""``python -m asag.bench step`` keeps working (its figures go into the README): small UNets, one run."""
+import pytest
+
 from asag.stepbench import bench_step
 from tests.hosts.a1111_harness import TINY_UNET
 
+CONFIGURATIONS = ["CFG", "ASAG installed, off", "ASAG middle, full extra pass", "ASAG middle, reuse"]
 
-def test_step_benchmark_runs_its_three_configurations(capsys):
-    bench_step("cpu", repeats=1, latent=8, unet_params=dict(TINY_UNET, context_dim=768))
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_step_benchmark_runs_its_configurations(capsys, model):
+    context = [768] if model == "sd15" else [2048]
+    bench_step("cpu", repeats=1, latent=8, unet_params=dict(TINY_UNET, context_dim=context[0]), model=model,
+               layers=("middle",), steps=1)
     lines = capsys.readouterr().out.splitlines()
-    assert [line[:19].strip() for line in lines[-3:]] == ["CFG", "ASAG installed, off", "CFG + ASAG"]
-    for line in lines[-3:]:
-        seconds, spread, time_ratio, peak_mib, peak_ratio = map(float, line[19:].split())
+    rows = lines[-len(CONFIGURATIONS):]
+    assert [row[:28].strip() for row in rows] == CONFIGURATIONS
+    for row in rows:
+        seconds, spread, time_ratio, peak_mib, peak_ratio = map(float, row[28:].split())
         assert seconds > 0 and time_ratio > 0 and peak_ratio > 0

@@ -5,7 +5,7 @@ gradio 3.41.2 and Playwright; ``.venv-gradio4``: Forge's gradio 4.40.0), which h
 The pytest tests in this folder start it as a subprocess and read the JSON it prints:
 
     python tests/ui/harness.py describe
-    python tests/ui/harness.py browser [--screenshot PATH]
+    python tests/ui/harness.py browser [--screenshot-dir DIR]
 
 ``asag/__init__.py`` re-exports the torch core, so the package is entered without running it:
 the UI chain (params, hosts.ui, hosts.hints, hosts.settings, layers) needs no torch, and as these
@@ -120,7 +120,9 @@ def _describe_component(component):
 
 
 def build_page(settings_values: dict, with_prompt: bool = False):
-    """The two tabs' ASAG blocks as the WebUI builds them, with defaults from the Settings tab."""
+    """The two tabs' ASAG blocks as the WebUI builds them, with defaults from the Settings tab.
+    ``with_prompt``: also the WebUI's prompt box, and under the txt2img block a paste box wired as
+    the WebUI wires its paste button, and a button that shows what the Script would receive."""
     opts = Opts(settings_values)
     built = {}
     theme_args = {}
@@ -136,7 +138,69 @@ def build_page(settings_values: dict, with_prompt: bool = False):
             for tabname in ("txt2img", "img2img"):
                 with gr.Group():
                     built[tabname] = ui.build_ui(Tab(tabname), InputAccordion, defaults=settings.current_defaults(opts))
+            if with_prompt:
+                components, infotext_fields, _ = built["txt2img"]
+                infotext = gr.Textbox(label="Infotext to paste", elem_id="asag_test_infotext", interactive=True)
+                paste = gr.Button("Paste", elem_id="asag_test_paste")
+                paste.click(fn=paste_function(infotext_fields), inputs=[infotext], outputs=[c for c, _ in infotext_fields])
+                values = gr.Textbox(label="Script args", elem_id="asag_test_values", interactive=True)
+                read = gr.Button("Read args", elem_id="asag_test_read")
+                read.click(fn=lambda *args: json.dumps(args), inputs=components, outputs=[values])
     return demo, built, _warnings(caught)
+
+
+# modules/infotext_utils.py of v1.10.1 (Forge dfdcbab: the same), as far as the paste button goes:
+# parse_generation_parameters' last line, the on_infotext_pasted callbacks, then paste_func's
+# value per field (None: no change; else cast to the type of the component's value).
+RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def parse_generation_parameters(line: str) -> dict:
+    params = {}
+    for key, value in RE_PARAM.findall(line.strip()):
+        if value[:1] == '"' and value[-1:] == '"':
+            value = json.loads(value)
+        size = RE_IMAGESIZE.match(value)
+        if size:
+            params[key + "-1"], params[key + "-2"] = size.group(1), size.group(2)
+        else:
+            params[key] = value
+    return params
+
+
+def paste_function(infotext_fields):
+    from asag.hosts import infotext as asag_infotext
+
+    def paste(text):
+        params = parse_generation_parameters(text)
+        asag_infotext.fill_pasted_params(text, params)  # on_infotext_pasted
+        updates = []
+        for output, key in infotext_fields:
+            value = key(params) if callable(key) else params.get(key, None)
+            if value is None:
+                updates.append(gr.update())
+                continue
+            kind = type(output.value)
+            if kind == bool and value == "False":
+                value = False
+            elif kind == int:
+                value = float(value)
+            else:
+                value = kind(value)
+            updates.append(gr.update(value=value))
+        return updates
+    return paste
+
+
+def _descendants(block, stop_at=None) -> list:
+    """Every block inside ``block`` in order, not entering blocks of type ``stop_at``."""
+    found = []
+    for child in getattr(block, "children", []):
+        found.append(child)
+        if type(child).__name__ != stop_at:
+            found += _descendants(child, stop_at)
+    return found
 
 
 def _warnings(caught) -> list[dict]:
@@ -162,6 +226,11 @@ def describe() -> dict:
             },
             "infotext_fields": [[components.index(c) if c in components else None, key] for c, key in infotext_fields],
             "paste_field_names": list(paste_field_names),
+            # the blocks nested in the accordion: each group's label, state and the controls inside
+            "groups": [{"elem_id": block.elem_id, "label": block.label, "open": block.open,
+                        "controls": [c.elem_id for c in _descendants(block) if c in components]}
+                       for block in _descendants(accordion) if type(block).__name__ == "Accordion"],
+            "in_view": [c.elem_id for c in _descendants(accordion, stop_at="Accordion") if c in components],
         }
     # what the page receives for each element with an id
     config = {elem_id: dict({k: c["props"].get(k) for k in ("label", "value", "visible", "open", "elem_classes")}, type=c.get("type"))
@@ -251,9 +320,23 @@ ALL_HINTED_JS = """
 """
 
 
-def browser(screenshot: str | None) -> dict:
+HOST_OF_GRADIO = {3: "a1111", 4: "forge"}  # whose page this gradio stands for, in screenshot names
+
+
+def infotext_line(params) -> str:
+    """The last line of an infotext as the WebUI writes it (processing.create_infotext): values
+    with ',', ':' or a newline JSON-quoted."""
+    entries = {"Steps": 20, "Sampler": "Euler", **params.to_infotext()}
+    quote = lambda v: json.dumps(v) if any(c in str(v) for c in ",:\n") else str(v)  # noqa: E731
+    return ", ".join(f"{key}: {quote(value)}" for key, value in entries.items())
+
+
+def browser(screenshot_dir: str | None) -> dict:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
+
+    from asag.params import ESSENTIAL, GROUPS, AsagParams
+    from tests.ui.cases import PASTED_FIELDS, TYPED_LAYERS
 
     _inject_head(page_scripts())
     demo, built, build_warnings = build_page({}, with_prompt=True)  # the built-in defaults
@@ -262,9 +345,10 @@ def browser(screenshot: str | None) -> dict:
     result = {"gradio": gr.__version__, "warnings": build_warnings, "console": [], "page_errors": [], "failed_requests": []}
     tab = Tab("txt2img")
     accordion_id = tab.elem_id("enabled")
-    # (elem_id, label) of every control on the txt2img tab; the accordion's label is in its header
-    probe = [[tab.elem_id(spec.name) if spec.name != "enabled" else accordion_id, ui.ACCORDION_LABEL if spec.name == "enabled" else spec.label]
-             for spec in PARAMS]
+    # (elem_id, label) of every control on the txt2img tab, by group; the accordion's label is in its header
+    probes = {group: [[tab.elem_id(spec.name), spec.label] for spec in PARAMS[1:] if spec.group == group] for group in (ESSENTIAL, *GROUPS)}
+    probe = [[accordion_id, ui.ACCORDION_LABEL]] + [entry for entries in probes.values() for entry in entries]
+    host = HOST_OF_GRADIO[GRADIO_MAJOR]
     try:
         with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="asag-chromium-") as profile:
             context = pw.chromium.launch_persistent_context(
@@ -274,9 +358,9 @@ def browser(screenshot: str | None) -> dict:
             page.on("console", lambda m: result["console"].append({"type": m.type, "text": m.text}))
             page.on("pageerror", lambda e: result["page_errors"].append(str(e)))
             page.on("requestfailed", lambda r: result["failed_requests"].append(f"{r.url} {r.failure}"))
-            # The machine is offline. gradio 3's own page asks a CDN for iframe-resizer, which would
-            # fail with a console error that is none of the extension's doing: every request that
-            # leaves 127.0.0.1 is answered empty and listed, for the test to judge.
+            # The machine is offline. gradio's own page asks CDNs for iframe-resizer and fonts, which
+            # would fail with console errors that are none of the extension's doing: every request
+            # that leaves 127.0.0.1 is answered empty and listed, for the test to judge.
             result["external_requests"] = []
 
             def answer_empty(route):
@@ -284,17 +368,38 @@ def browser(screenshot: str | None) -> dict:
                 route.fulfill(status=200, body="", content_type="application/javascript")
 
             page.route(re.compile(r"^(?!http://127\.0\.0\.1[:/]).*"), answer_empty)
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
-            result["loaded"] = _wait(page, "#" + accordion_id + "-visible-checkbox", PlaywrightTimeout)
-            # hints.js applies titles 1 s after the page settles; wait (bounded) for every label, then report
-            try:
-                page.wait_for_function(ALL_HINTED_JS, arg=probe, timeout=30000)
-                result["all_hinted"] = True
-            except PlaywrightTimeout:
-                result["all_hinted"] = False
+
+            def load():
+                page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+                return _wait(page, "#" + accordion_id + "-visible-checkbox", PlaywrightTimeout)
+
+            def hinted(entries) -> bool:
+                # hints.js applies titles 1 s after the page settles; wait (bounded) for every label
+                try:
+                    page.wait_for_function(ALL_HINTED_JS, arg=entries, timeout=30000)
+                    return True
+                except PlaywrightTimeout:
+                    return False
+
+            def shot(name):
+                if screenshot_dir:
+                    path = os.path.join(screenshot_dir, f"ui-{host}-{name}.png")
+                    page.mouse.move(0, 0)
+                    page.locator(f"#{accordion_id}").screenshot(path=path)
+                    result.setdefault("screenshots", []).append(path)
+
+            def script_args():
+                page.fill("#asag_test_values textarea", "")
+                page.click("#asag_test_read")
+                page.wait_for_function("() => document.querySelector('#asag_test_values textarea').value !== ''", timeout=30000)
+                return json.loads(page.input_value("#asag_test_values textarea"))
+
+            result["loaded"] = load()
+            result["all_hinted"] = hinted([[accordion_id, ui.ACCORDION_LABEL]] + probes[ESSENTIAL])
             result["globals"] = page.evaluate("() => ({titles: typeof titles === 'object' ? titles : null})")
             result["closed"] = _accordion_state(page, accordion_id)
             result["controls_closed"] = page.evaluate(BROWSER_REPORT_JS, probe)
+            shot("closed")
             # Open it as a user does: a click on the header; inputAccordion.js ticks the checkbox.
             page.click(f"#{accordion_id} .label-wrap")
             try:
@@ -303,14 +408,56 @@ def browser(screenshot: str | None) -> dict:
                 pass
             result["opened"] = _accordion_state(page, accordion_id)
             result["controls"] = page.evaluate(BROWSER_REPORT_JS, probe)
-            if screenshot:
-                page.mouse.move(0, 0)
-                page.locator(f"#{accordion_id}").screenshot(path=screenshot)
-                result["screenshot"] = screenshot
+            shot("open")
+            # Each closed group, opened by a click on its header: its controls shown, with their hints.
+            result["groups"] = {}
+            for group in GROUPS:
+                group_elem = tab.elem_id(ui.group_id(group))
+                before = _header_open(page, group_elem)
+                page.click(f"#{group_elem} .label-wrap")
+                entry = {"present": before is not None, "open_before": before, "hinted": hinted(probes[group])}
+                entry["open_after"] = _header_open(page, group_elem)
+                entry["controls"] = page.evaluate(BROWSER_REPORT_JS, probes[group])
+                result["groups"][group] = entry
+            # The layer list: its suggestions, and a spec typed by hand.
+            layers_input = f"#{tab.elem_id('layers')} input"
+            page.click(layers_input)
+            try:
+                page.wait_for_selector(f"#{tab.elem_id('layers')} ul.options li", timeout=10000)
+            except PlaywrightTimeout:
+                pass
+            result["layer_choices"] = page.evaluate(
+                "(id) => [...document.querySelectorAll('#' + id + ' ul.options li')].map(li => li.dataset.value ?? li.getAttribute('aria-label'))",
+                tab.elem_id("layers"))
+            page.fill(layers_input, TYPED_LAYERS)
+            page.press(layers_input, "Enter")
+            page.click("#asag_test_infotext textarea")  # away from the list, as a user does
+            result["typed_args"] = script_args()
+            # A paste into a fresh page, whose groups are all closed: every control follows.
+            result["paste_loaded"] = load()
+            pasted = AsagParams(**PASTED_FIELDS)
+            result["paste_text"] = infotext_line(pasted)
+            page.fill("#asag_test_infotext textarea", result["paste_text"])
+            page.click("#asag_test_paste")
+            try:
+                page.wait_for_function(f"() => document.getElementById('{accordion_id}-visible-checkbox').checked", timeout=30000)
+            except PlaywrightTimeout:
+                pass
+            result["pasted_args"] = script_args()
+            result["pasted_accordion"] = _accordion_state(page, accordion_id)
+            result["groups_after_paste"] = {group: _header_open(page, tab.elem_id(ui.group_id(group))) for group in GROUPS}
             context.close()
     finally:
         demo.close()
     return result
+
+
+def _header_open(page, elem_id):
+    """Whether the accordion ``elem_id`` is open (its header has the class "open"), None if absent."""
+    return page.evaluate("""(id) => {
+        const header = document.querySelector('#' + id + ' .label-wrap');
+        return header ? header.classList.contains('open') : null;
+    }""", elem_id)
 
 
 def _wait(page, selector, timeout_error) -> bool:
@@ -341,9 +488,9 @@ def _accordion_state(page, accordion_id):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=("describe", "browser"))
-    parser.add_argument("--screenshot")
+    parser.add_argument("--screenshot-dir")
     args = parser.parse_args()
-    out = describe() if args.mode == "describe" else browser(args.screenshot)
+    out = describe() if args.mode == "describe" else browser(args.screenshot_dir)
     sys.stdout.write("ASAG-HARNESS-JSON " + json.dumps(out) + "\n")
 
 

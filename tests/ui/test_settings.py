@@ -15,7 +15,7 @@ class Opts(SimpleNamespace):
 
 def test_without_options_the_built_in_defaults_hold():
     assert settings.current_defaults(Opts()) == AsagParams()
-    assert settings.diagnostics_enabled(Opts()) is False
+    assert settings.host_options(Opts()) == settings.HostOptions(reuse=True, attention_budget_mib=256, diagnostics=False)
 
 
 def test_settings_values_become_the_defaults():
@@ -23,7 +23,7 @@ def test_settings_values_become_the_defaults():
     defaults = settings.current_defaults(opts)
     assert (defaults.scale, defaults.layers) == (3.25, "u0-2, m0")
     assert defaults.replace(scale=AsagParams().scale, layers=AsagParams().layers) == AsagParams()
-    assert settings.diagnostics_enabled(opts) is True
+    assert settings.host_options(opts).diagnostics is True
 
 
 def test_settings_file_values_are_coerced_like_any_input():
@@ -64,3 +64,20 @@ def test_every_documented_layer_form_is_accepted(layers):
 def test_offered_defaults_are_parameters():
     assert set(settings.DEFAULT_KEYS) <= set(PARAM_BY_NAME)
     assert settings.DEFAULT_KEYS == {"scale": "asag_default_scale", "layers": "asag_default_layers"}
+
+
+def test_host_options_are_read_and_checked(caplog):
+    opts = Opts(asag_reuse_blocks=False, asag_attention_budget_mib=64.0, asag_diagnostics=True)
+    options = settings.host_options(opts)
+    assert options == settings.HostOptions(reuse=False, attention_budget_mib=64, diagnostics=True)
+    assert options.attention_budget_bytes == 64 * 2**20
+    logger = logging.getLogger("asag")
+    logger.addHandler(caplog.handler)
+    try:
+        bad = settings.host_options(Opts(asag_reuse_blocks="yes", asag_attention_budget_mib=4))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert bad == settings.HostOptions()
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("Reuse the main pass" in m and "'yes'" in m and "true or false" in m for m in messages)
+    assert any("Memory budget" in m and "from 16 to 8192" in m for m in messages)

@@ -4,12 +4,12 @@ options' controls built the way the Settings tab builds them."""
 import pytest
 
 from asag.hosts import settings
-from asag.params import PARAMS
+from asag.params import ESSENTIAL, GROUPS, PARAMS
 
 from .runner import run_harness
 
 GRADIO = {3: "3.41.2", 4: "4.40.0"}
-TYPE_BY_KIND = {"bool": "Checkbox", "choices": "Radio", "range": "Slider", "text": "Textbox"}
+TYPE_BY_KIND = {"bool": "Checkbox", "choices": "Radio", "range": "Slider", "suggestions": "Dropdown", "text": "Textbox"}
 
 
 def _kind(spec):
@@ -17,7 +17,9 @@ def _kind(spec):
         return "bool"
     if spec.choices:
         return "choices"
-    return "range" if spec.minimum is not None else "text"
+    if spec.minimum is not None:
+        return "range"
+    return "suggestions" if spec.suggestions else "text"
 
 
 @pytest.fixture(scope="module", params=sorted(GRADIO), ids=lambda g: f"gradio{g}")
@@ -54,12 +56,25 @@ def test_every_control_in_params_order_with_its_id_label_and_range(described, ta
         assert c["label"] == spec.label and c["visible"] is True
         if spec.minimum is not None:
             assert (c["minimum"], c["maximum"], c["step"]) == (spec.minimum, spec.maximum, spec.step), spec.name
-        if spec.choices:
-            assert c["choices"] == list(spec.choices), spec.name
+        if spec.choices or spec.suggestions:
+            assert c["choices"] == list(spec.choices or spec.suggestions), spec.name
         key = settings.DEFAULT_KEYS.get(spec.name)
         assert c["value"] == (values[key] if key else spec.default), spec.name
         # defaults that Settings owns must not be frozen by the WebUI's ui-config.json
         assert c["do_not_save_to_config"] is (key is not None), spec.name
+
+
+@pytest.mark.parametrize("tab", ["txt2img", "img2img"])
+def test_essentials_in_view_and_the_rest_in_closed_groups_from_params(described, tab):
+    _, out = described
+    structure = out["tabs"][tab]
+    assert structure["in_view"] == [f"script_{tab}_asag_{s.name}" for s in PARAMS if s.group == ESSENTIAL and s.name != "enabled"]
+    assert [g["label"] for g in structure["groups"]] == list(GROUPS)
+    for group in structure["groups"]:
+        assert group["open"] is False
+        assert group["elem_id"] == f"script_{tab}_asag_group_" + {"Advanced": "advanced", "Hires. fix": "hires_fix",
+                                                                   "Compatibility": "compatibility"}[group["label"]]
+        assert group["controls"] == [f"script_{tab}_asag_{s.name}" for s in PARAMS if s.group == group["label"]]
 
 
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
@@ -95,7 +110,7 @@ def test_infotext_and_paste_fields_cover_every_control(described):
 def test_settings_section_is_derived_from_params(described):
     _, out = described
     opts = out["settings"]
-    assert list(opts) == [*settings.DEFAULT_KEYS.values(), settings.DIAGNOSTICS_KEY]
+    assert list(opts) == [*settings.DEFAULT_KEYS.values(), *(option.key for option in settings.HOST_OPTIONS)]
     for name, key in settings.DEFAULT_KEYS.items():
         spec = next(s for s in PARAMS if s.name == name)
         entry = opts[key]
@@ -106,6 +121,12 @@ def test_settings_section_is_derived_from_params(described):
         assert made["type"] == TYPE_BY_KIND[_kind(spec)] and made["value"] == spec.default
         if spec.minimum is not None:
             assert (made["minimum"], made["maximum"], made["step"]) == (spec.minimum, spec.maximum, spec.step)
-    diagnostics = opts[settings.DIAGNOSTICS_KEY]
-    assert diagnostics["section"] == ["asag", "ASAG"] and diagnostics["default"] is False
-    assert diagnostics["component"]["type"] == "Checkbox"
+    for option in settings.HOST_OPTIONS:
+        entry = opts[option.key]
+        assert entry["section"] == ["asag", "ASAG"] and entry["default"] == option.default and option.info in entry["comment"]
+        assert "Reload UI" not in entry["comment"]  # read at every generation
+        made = entry["component"]
+        if isinstance(option.default, bool):
+            assert made["type"] == "Checkbox"
+        else:
+            assert made["type"] == "Slider" and (made["minimum"], made["maximum"], made["step"]) == (option.minimum, option.maximum, option.step)

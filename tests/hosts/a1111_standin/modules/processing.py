@@ -33,6 +33,11 @@ class Processing:
     sampler: object = None
     is_hr_pass: bool = False
     is_api: bool = False
+    refiner_model: object = None  # the refiner checkpoint, as loaded (the host loads it by name)
+    refiner_switch_at: float | None = None
+
+    def get_conds(self):
+        return self.cond, self.uncond
 
     @property
     def nmask(self):

@@ -4,12 +4,15 @@
 # scales the input by the predictor, concatenates c_concat, runs the UNet with the
 # transformer_options it was given and returns the denoised x0 = x - eps * sigma; the predictor
 # exposes sigma_min and sigma_max. Simplified: the sigma -> timestep map is continuous in
-# log-sigma rather than the nearest of the 1000 discrete sigmas; no dtype casts.
+# log-sigma rather than the nearest of the 1000 discrete sigmas; no dtype casts; the memory a
+# batch needs is MEMORY_PER_ELEMENT bytes per element of its input, a stand-in for Forge's estimate.
 import math
 
 import torch
 
-from backend.nn.unet import unet_forward
+from backend.nn.unet import forge_unet
+
+MEMORY_PER_ELEMENT = 1024
 
 
 class Prediction(torch.nn.Module):
@@ -40,7 +43,7 @@ class Prediction(torch.nn.Module):
 class KModel(torch.nn.Module):
     def __init__(self, model, k_predictor=None):
         super().__init__()
-        self.diffusion_model = model
+        self.diffusion_model = forge_unet(model)
         self.predictor = k_predictor if k_predictor is not None else Prediction()
 
     def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
@@ -49,9 +52,9 @@ class KModel(torch.nn.Module):
         if c_concat is not None:
             xc = torch.cat([xc, c_concat], dim=1)
         timesteps = self.predictor.timestep(t).float()
-        model_output = unet_forward(self.diffusion_model, xc, timesteps, context=c_crossattn, control=control,
-                                    transformer_options=transformer_options, **kwargs).float()
+        model_output = self.diffusion_model(xc, timesteps, context=c_crossattn, control=control,
+                                            transformer_options=transformer_options, **kwargs).float()
         return self.predictor.calculate_denoised(sigma, model_output, x)
 
     def memory_required(self, input_shape):
-        return 0
+        return math.prod(input_shape) * MEMORY_PER_ELEMENT

@@ -4,18 +4,33 @@
 #
 # Kept faithful: transformer_options["original_shape"], "transformer_index" (counted per
 # SpatialTransformer), "block" = (part, id) set before each block, "block_index" set per
-# transformer block, block modifiers, and BasicTransformerBlock._forward's patch protocol:
-# attn1_patch / attn2_patch before the projections, the replace patch looked up by
+# transformer block; the blocks called as module(h, emb, context, transformer_options[,
+# output_shape]) (Forge's TimestepEmbedSequential, with block_inner_modifiers inside it); around
+# them apply_control (in place: h += ctrl), block modifiers, input_block_patch,
+# input_block_patch_after_skip and output_block_patch; and BasicTransformerBlock._forward's patch
+# protocol: attn1_patch / attn2_patch before the projections, the replace patch looked up by
 # (block[0], block[1], block_index) and then (block[0], block[1]), called with q, k, v already
 # projected by to_q/to_k/to_v and extra_options = transformer_options minus "patches" and
 # "patches_replace", plus n_heads and dim_head; its output goes through to_out.
-# Not modelled: ControlNet residuals (control is accepted and ignored), block_inner_modifiers,
-# the input/output block patches.
+# Not modelled: Forge's own layer classes (the ldm layers run inside Forge's block class),
+# group_norm_wrapper.
 import torch
 from einops import rearrange
 from ldm.modules.attention import SpatialTransformer
+from ldm.modules.diffusionmodules import openaimodel
 from ldm.modules.diffusionmodules.openaimodel import TimestepBlock
 from ldm.modules.diffusionmodules.util import timestep_embedding
+
+
+def apply_control(h, control, name):
+    if control is not None and name in control and len(control[name]) > 0:
+        ctrl = control[name].pop()
+        if ctrl is not None:
+            try:
+                h += ctrl
+            except Exception:
+                print("warning control could not be applied", h.shape, ctrl.shape)
+    return h
 
 
 def _attention(attn, q, k, v, heads):
@@ -120,41 +135,91 @@ def spatial_transformer(module, x, context=None, transformer_options={}):
     return x + x_in
 
 
-def timestep_embed_sequential(module, x, emb, context=None, transformer_options={}):
-    for layer in module:
-        if isinstance(layer, TimestepBlock):
-            x = layer(x, emb)
-        elif isinstance(layer, SpatialTransformer):
-            x = spatial_transformer(layer, x, context, transformer_options)
-            if "transformer_index" in transformer_options:
-                transformer_options["transformer_index"] += 1
-        else:
-            x = layer(x)
-    return x
+class TimestepEmbedSequential(openaimodel.TimestepEmbedSequential):
+    """Forge's block class: the ldm block's layers, Forge's call signature (``forge_blocks``
+    gives a real ldm UNet's blocks this class, as Forge builds its UNet from its own)."""
+
+    def forward(self, x, emb, context=None, transformer_options={}, output_shape=None):
+        block_inner_modifiers = transformer_options.get("block_inner_modifiers", [])
+        for layer_index, layer in enumerate(self):
+            for modifier in block_inner_modifiers:
+                x = modifier(x, "before", layer, layer_index, self, transformer_options)
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = spatial_transformer(layer, x, context, transformer_options)
+                if "transformer_index" in transformer_options:
+                    transformer_options["transformer_index"] += 1
+            else:
+                x = layer(x)  # ldm's Upsample takes no output_shape: sizes here are powers of two
+            for modifier in block_inner_modifiers:
+                x = modifier(x, "after", layer, layer_index, self, transformer_options)
+        return x
+
+
+def forge_unet(unet):
+    """A real ldm UNetModel with Forge's forward and block class."""
+    unet.__class__ = IntegratedUNet2DConditionModel
+    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+        block.__class__ = TimestepEmbedSequential
+    return unet
 
 
 def unet_forward(unet, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
-    """Forge's UNet forward over the ldm UNetModel ``unet``."""
+    """Forge's UNet forward over the ldm UNetModel ``unet`` (its blocks made Forge's by ``forge_unet``)."""
     transformer_options["original_shape"] = list(x.shape)
     transformer_options["transformer_index"] = 0
+    transformer_patches = transformer_options.get("patches", {})
     block_modifiers = transformer_options.get("block_modifiers", [])
     emb = unet.time_embed(timestep_embedding(timesteps, unet.model_channels, repeat_only=False).to(x.dtype))
-
-    def run(module, h, where):
-        transformer_options["block"] = where
-        for modifier in block_modifiers:
-            h = modifier(h, "before", transformer_options)
-        h = timestep_embed_sequential(module, h, emb, context, transformer_options)
-        for modifier in block_modifiers:
-            h = modifier(h, "after", transformer_options)
-        return h
-
+    if unet.num_classes is not None:
+        emb = emb + unet.label_emb(y)
     hs = []
     h = x
     for id, module in enumerate(unet.input_blocks):
-        h = run(module, h, ("input", id))
+        transformer_options["block"] = ("input", id)
+        for block_modifier in block_modifiers:
+            h = block_modifier(h, "before", transformer_options)
+        h = module(h, emb, context, transformer_options)
+        h = apply_control(h, control, "input")
+        for block_modifier in block_modifiers:
+            h = block_modifier(h, "after", transformer_options)
+        for patch in transformer_patches.get("input_block_patch", []):
+            h = patch(h, transformer_options)
         hs.append(h)
-    h = run(unet.middle_block, h, ("middle", 0))
+        for patch in transformer_patches.get("input_block_patch_after_skip", []):
+            h = patch(h, transformer_options)
+    transformer_options["block"] = ("middle", 0)
+    for block_modifier in block_modifiers:
+        h = block_modifier(h, "before", transformer_options)
+    h = unet.middle_block(h, emb, context, transformer_options)
+    h = apply_control(h, control, "middle")
+    for block_modifier in block_modifiers:
+        h = block_modifier(h, "after", transformer_options)
     for id, module in enumerate(unet.output_blocks):
-        h = run(module, torch.cat([h, hs.pop()], dim=1), ("output", id))
-    return unet.out(h.type(x.dtype))
+        transformer_options["block"] = ("output", id)
+        hsp = hs.pop()
+        hsp = apply_control(hsp, control, "output")
+        for patch in transformer_patches.get("output_block_patch", []):
+            h, hsp = patch(h, hsp, transformer_options)
+        h = torch.cat([h, hsp], dim=1)
+        del hsp
+        output_shape = hs[-1].shape if len(hs) > 0 else None
+        for block_modifier in block_modifiers:
+            h = block_modifier(h, "before", transformer_options)
+        h = module(h, emb, context, transformer_options, output_shape)
+        for block_modifier in block_modifiers:
+            h = block_modifier(h, "after", transformer_options)
+    transformer_options["block"] = ("last", 0)
+    for block_modifier in block_modifiers:
+        h = block_modifier(h, "before", transformer_options)
+    h = unet.out(h)
+    for block_modifier in block_modifiers:
+        h = block_modifier(h, "after", transformer_options)
+    return h.type(x.dtype)
+
+
+class IntegratedUNet2DConditionModel(openaimodel.UNetModel):
+    """Forge's UNet class: ldm's modules, Forge's forward."""
+
+    forward = unet_forward

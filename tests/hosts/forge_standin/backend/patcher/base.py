@@ -3,7 +3,7 @@
 # Kept faithful: clone() deep-copies model_options (copy.deepcopy keeps plain functions by
 # reference); set_model_options_patch_replace copies transformer_options, patches_replace and the
 # per-name dict but assigns the copy back into the dict it is given (forge-and-controlnet.md A.3);
-# post/pre-CFG setters append. Not modelled: LoRA, object patches, memory management.
+# post/pre-CFG setters append; block patches go under transformer_options["patches"]. Not modelled: LoRA, object patches, memory management.
 import copy
 
 
@@ -66,6 +66,12 @@ class ModelPatcher:
 
     def set_model_patch_replace(self, patch, name, block_name, number, transformer_index=None):
         self.model_options = set_model_options_patch_replace(self.model_options, patch, name, block_name, number, transformer_index)
+
+    def set_model_input_block_patch(self, patch):
+        self.set_model_patch(patch, "input_block_patch")
+
+    def set_model_output_block_patch(self, patch):
+        self.set_model_patch(patch, "output_block_patch")
 
     def set_model_attn1_patch(self, patch):
         self.set_model_patch(patch, "attn1_patch")

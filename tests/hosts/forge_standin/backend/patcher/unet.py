@@ -1,7 +1,8 @@
 # Stand-in for lllyasviel/stable-diffusion-webui-forge backend/patcher/unet.py at
 # dfdcbab685e57677014f05a3309b48cc87383167: UnetPatcher.clone (deep-copied model_options, shared
 # controlnet_linked_list and extra_concat_condition) and the option helpers ControlNet's
-# preprocessors use (append_model_option, add_conditioning_modifier, add_sampler_pre_cfg_function,
+# preprocessors use (append_model_option, append_transformer_option, add_block_modifier,
+# add_block_inner_modifier, add_conditioning_modifier, add_sampler_pre_cfg_function,
 # set_model_replace_all).
 import copy
 
@@ -36,6 +37,18 @@ class UnetPatcher(ModelPatcher):
         if ensure_uniqueness and v in self.model_options[k]:
             return
         self.model_options[k].append(v)
+
+    def append_transformer_option(self, k, v, ensure_uniqueness=False):
+        self.model_options["transformer_options"].setdefault(k, [])
+        if ensure_uniqueness and v in self.model_options["transformer_options"][k]:
+            return
+        self.model_options["transformer_options"][k].append(v)
+
+    def add_block_modifier(self, modifier, ensure_uniqueness=False):
+        self.append_transformer_option("block_modifiers", modifier, ensure_uniqueness)
+
+    def add_block_inner_modifier(self, modifier, ensure_uniqueness=False):
+        self.append_transformer_option("block_inner_modifiers", modifier, ensure_uniqueness)
 
     def add_conditioning_modifier(self, modifier, ensure_uniqueness=False):
         self.append_model_option("conditioning_modifiers", modifier, ensure_uniqueness)

@@ -6,14 +6,16 @@
 # cond_indices and uncond_indices, control objects attached to transformer_options and get_control
 # called per UNet call, model_function_wrapper, the cfg1 optimisation, pre-CFG functions in the
 # positional Forge form, the single sampler_cfg_function slot, post-CFG functions called in list
-# order with the args dict of forge-and-controlnet.md A.4, conditioning modifiers and the
-# per-step read of forge_objects.unet.
+# order with the args dict of forge-and-controlnet.md A.4, conditioning modifiers, the
+# per-step read of forge_objects.unet, and batches sized by free memory (the concatenable chunks
+# halved until model.memory_required fits memory_management.get_free_memory).
 # Simplified: areas, masks and timestep ranges of conds are not modelled (full-image conds,
-# mult = strength), and free memory is unlimited, so every concatenable chunk runs in one batch.
+# mult = strength).
 import math
 
 import torch
 
+from backend import memory_management
 from backend.sampling.condition import Condition, compile_conditions, compile_weighted_conditions
 
 
@@ -63,10 +65,19 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
 
     while to_run:
         first = to_run[0]
+        first_shape = first[0]["input_x"].shape
         # Forge collects the indices that concatenate with the first, reversed, and pops them in
         # that order: the last chunk (uncond) comes first in the batch.
-        to_batch = [i for i in range(len(to_run)) if can_concat_cond(to_run[i][0], first[0])]
-        to_batch.reverse()
+        to_batch_temp = [i for i in range(len(to_run)) if can_concat_cond(to_run[i][0], first[0])]
+        to_batch_temp.reverse()
+        to_batch = to_batch_temp[:1]
+        free_memory = memory_management.get_free_memory(x_in.device)
+        for i in range(1, len(to_batch_temp) + 1):
+            batch_amount = to_batch_temp[:len(to_batch_temp) // i]
+            input_shape = [len(batch_amount) * first_shape[0]] + list(first_shape)[1:]
+            if model.memory_required(input_shape) < free_memory:
+                to_batch = batch_amount
+                break
 
         input_x, mult, c, cond_or_uncond, control = [], [], [], [], None
         for i in to_batch:

@@ -10,11 +10,18 @@ what differs under gradio 4:
   a component's config from the constructor's parameters, so without it the hidden checkbox
   would reach the page with no elem_id and no visibility;
 - the change event passes ``js=`` (Forge rewrites the gradio-3 ``_js=`` into it in
-  ``modules/gradio_extensions.py``; this stand-in has no such shim, so it says ``js`` directly).
+  ``modules/gradio_extensions.py``; this stand-in has no such shim, so it says ``js`` directly);
+- ``modules/gradio_extensions.py``, imported first, sets ``gradio.component_meta.updateable`` to
+  the identity, so this class's own ``__init__`` records no constructor arguments: when a paste
+  returns ``gr.update(value=...)``, gradio re-creates the component from what
+  ``gr.Checkbox.__init__`` recorded (no ``setup``), which builds a plain checkbox.
 """
 from functools import wraps
 
 import gradio as gr
+import gradio.component_meta
+
+gradio.component_meta.updateable = lambda init: init  # as modules/gradio_extensions.py does
 
 
 class InputAccordionImpl(gr.Checkbox):

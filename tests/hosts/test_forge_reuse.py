@@ -1,0 +1,170 @@
+"""Reuse of the main pass in the extra pass on Forge (stand-in of Forge dfdcbab over a real tiny ldm
+UNet): Forge's batch helper may put cond and uncond rows in one UNet call or split them by memory,
+and ControlNet, T2I-Adapter, block modifiers and block patches act around the blocks; the images
+must be those without reuse, with exactly the reused blocks fewer in every extra pass."""
+import pytest
+import torch
+
+from asag.hosts.settings import HostOptions
+from asag.layers import resolve_layers, self_attention_modules
+from asag.reuse import WRAPPER_ATTR, blocks_before
+from tests.hosts.block_counter import BlockCounter
+from tests.hosts.control_network import ControlNetwork
+from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_host, inputs, make_p  # noqa: F401
+
+SPECS = ["middle", "u0-2", "u6-8", "d1,m0", "all"]
+SIGMAS = [6.0, 3.0, 1.5, 0.7, 0.0]  # four Euler steps
+CFG = 5.0
+
+
+def with_control(host, p):
+    unet = p.sd_model.forge_objects.unet
+    controlnet = host.import_module("backend.patcher.controlnet")
+    network = ControlNetwork(unet.model.diffusion_model).eval()
+    hint = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(11))
+    unet.add_patched_controlnet(controlnet.ControlNet(network, hint, strength=0.8))
+    unet.add_patched_controlnet(controlnet.T2IAdapter(network, hint, blocks={2, 5, 8}, strength=0.5))
+
+
+def with_modifiers_and_patches(host, p):
+    unet = p.sd_model.forge_objects.unet
+
+    def adain_like(h, flag, transformer_options):  # reference-only's block modifier changes h after blocks
+        if flag == "after" and transformer_options["block"][0] == "output":
+            return h * 0.9 + h.mean(dim=(2, 3), keepdim=True) * 0.1
+        return h
+
+    unet.add_block_modifier(adain_like)
+    unet.set_model_input_block_patch(lambda h, transformer_options: h * 1.05)
+    unet.set_model_output_block_patch(lambda h, hsp, transformer_options: (h, hsp * 0.95))  # FreeU-like
+
+
+def with_reference_recording(host, p):
+    sampling = host.sampling
+
+    def recording_modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+        xt = torch.ones_like(x) + torch.randn(x.shape, generator=torch.Generator().manual_seed(9)) * timestep[0]
+        sampling.sampling_function_inner(model, xt, timestep, uncond, cond, 1, model_options, seed)
+        return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+
+    p.sd_model.forge_objects.unet.add_conditioning_modifier(recording_modifier)
+
+
+def split_by_memory(host, p):
+    # room for one chunk of rows per UNet call: cond and uncond run separately
+    host.import_module("backend.memory_management").FREE_MEMORY = 1.5 * 1024 * 4 * 16 * 16 * p.batch
+
+
+LAYOUTS = {
+    "cond and uncond in one call": (1, CFG, []),
+    "batch 2": (2, CFG, []),
+    "split by memory": (2, CFG, [split_by_memory]),
+    "CFG 1 (no uncond rows)": (2, 1.0, []),
+    "ControlNet and T2I-Adapter": (2, CFG, [with_control]),
+    "block modifiers and block patches": (1, CFG, [with_modifiers_and_patches]),
+    "reference-only recording call": (1, CFG, [with_reference_recording]),
+}
+
+
+def sample(host, layout, spec=None, reuse=True):
+    """Euler over SIGMAS as Forge's sampler drives the CFG denoiser; returns (final x, counters, p)."""
+    batch, cond_scale, setups = LAYOUTS[layout]
+    p = make_p(host)
+    p.batch = batch
+    for setup in setups:
+        setup(host, p)
+    callbacks = ScriptCallbacks()
+    if spec is not None:
+        host.forge.register_callbacks(callbacks)
+        host.forge.start_job(p, host.job.start(p, [{"enabled": True, "scale": 2.0, "layers": spec}]), HostOptions(reuse=reuse))
+        host.forge.before_sampling(p)
+    x, cond, uncond = inputs(batch=batch)
+    counters = BlockCounter([p.sd_model.forge_objects.unet.model.diffusion_model])
+    try:
+        for step, (sigma, following) in enumerate(zip(SIGMAS, SIGMAS[1:])):
+            denoised = denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=step, total=len(SIGMAS) - 1)[0]
+            x = x + (x - denoised) / sigma * (following - sigma)
+    finally:
+        counters.close()
+        host.import_module("backend.memory_management").FREE_MEMORY = float("inf")
+    if spec is not None:
+        assert_nothing_left(host, p)
+        host.forge.end_job(p)
+    return x, counters, p
+
+
+def assert_nothing_left(host, p):
+    unet = p.sd_model.forge_objects.unet.model.diffusion_model
+    assert not any(hasattr(m.__dict__.get("forward"), WRAPPER_ATTR) for m in unet.modules())
+    state = getattr(p, host.forge.STATE_ATTR)
+    assert state.reuse is None or not state.reuse._records
+
+
+@pytest.fixture
+def host(forge_host):
+    import importlib
+
+    forge_host.import_module = importlib.import_module
+    return forge_host
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_reuse_gives_the_same_result_and_skips_exactly_the_reused_blocks(host, layout, spec):
+    base, plain, p = sample(host, layout)
+    off, counted_off, _ = sample(host, layout, spec, reuse=False)
+    on, counted_on, _ = sample(host, layout, spec, reuse=True)
+    assert (off - base).abs().max() > 1e-3 * base.abs().max()  # ASAG changes the result measurably
+    assert (on - off).abs().max() <= 1e-4 * off.abs().max()
+    extra_calls = counted_on.unet_calls - plain.unet_calls
+    assert extra_calls > 0 and counted_off.unet_calls == counted_on.unet_calls
+    unet = p.sd_model.forge_objects.unet.model.diffusion_model
+    reused = len(blocks_before(unet, resolve_layers(spec, self_attention_modules(unet))))
+    assert counted_off.block_computations - counted_on.block_computations == reused * extra_calls
+
+
+def test_split_batches_are_really_split(host):
+    _, plain, _ = sample(host, "cond and uncond in one call")
+    _, split, _ = sample(host, "split by memory")
+    assert split.unet_calls == 2 * plain.unet_calls
+
+
+def test_a_failure_inside_the_unet_drops_the_recording_at_once(host):
+    p = make_p(host)
+    callbacks = ScriptCallbacks()
+    host.forge.register_callbacks(callbacks)
+    host.forge.start_job(p, host.job.start(p, [{"enabled": True, "scale": 2.0, "layers": "u0-2"}]))
+    host.forge.before_sampling(p)
+    unet = p.sd_model.forge_objects.unet.model.diffusion_model
+
+    def out_of_memory(*_):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    handle = unet.output_blocks[1].register_forward_pre_hook(out_of_memory)
+    x, cond, uncond = inputs()
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            denoise_step(host, p, callbacks, x, SIGMAS[0], cond, uncond, CFG)
+    finally:
+        handle.remove()
+    assert_nothing_left(host, p)
+
+
+def test_a_failure_outside_the_unet_is_swept_by_the_next_generation_even_without_asag(host):
+    p = make_p(host)
+    callbacks = ScriptCallbacks()
+    host.forge.register_callbacks(callbacks)
+    host.forge.start_job(p, host.job.start(p, [{"enabled": True, "layers": "middle"}]))
+    host.forge.before_sampling(p)
+    unet = p.sd_model.forge_objects.unet.model.diffusion_model
+    x, cond, uncond = inputs()
+    params = type("Params", (), {})()
+    params.x, params.sigma, params.sampling_step, params.total_sampling_steps = x, torch.full((1,), SIGMAS[0]), 0, 4
+    params.denoiser = type("Denoiser", (), {"p": p})()
+    host.forge.remember_step(params)  # on_cfg_denoiser armed the recording; then the step failed
+    assert any(hasattr(m.__dict__.get("forward"), WRAPPER_ATTR) for m in unet.modules())
+    q = make_p(host)
+    q.sd_model = p.sd_model  # the next generation, same model
+    host.forge.start_job(q, host.job.start(q, [{"enabled": False}]))
+    host.forge.before_sampling(q)  # Forge calls it for every AlwaysOn script, ASAG off or on
+    assert not any(hasattr(m.__dict__.get("forward"), WRAPPER_ATTR) for m in unet.modules())

@@ -3,6 +3,7 @@ random-weight ldm LatentDiffusion as ``shared.sd_model``, and the extension's sc
 way the WebUI loads it (module named after the file, registered callbacks and all)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -93,6 +94,29 @@ def tiny_sdxl_diffusion(seed=0, unet_params=TINY_UNET, vector_dim=8, depths={}):
 
     model.apply_model = types.MethodType(apply_model, model)
     return model.eval()
+
+
+@contextlib.contextmanager
+def apply_model_failing_at(model, call: int, message: str):
+    """``model.apply_model`` raising ``RuntimeError(message)`` at its ``call``-th call (an out of
+    memory in the middle of sampling, say), put back as it was on exit."""
+    saved = model.__dict__.get("apply_model")  # an instance-level one (SDXL-shaped), or None
+    real_apply, calls = model.apply_model, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise RuntimeError(message)
+        return real_apply(*args, **kwargs)
+
+    model.apply_model = failing
+    try:
+        yield
+    finally:
+        if saved is None:
+            del model.apply_model
+        else:
+            model.apply_model = saved
 
 
 class WebUI:

@@ -7,7 +7,7 @@ import torch
 from asag import attention
 from asag.hosts import a1111
 from asag.sinkhorn import adversarial_sinkhorn_attention_heads
-from tests.hosts.a1111_harness import WebUI
+from tests.hosts.a1111_harness import WebUI, apply_model_failing_at
 
 SCALE = 3.0
 
@@ -202,22 +202,9 @@ def test_an_exception_in_the_extra_pass_leaves_the_image_and_the_model_untouched
 
 def test_after_a_crash_or_an_interrupt_the_next_generation_is_as_if_never_installed(host):
     settings = SCENARIOS["euler a"]
-    model = host.shared.sd_model
-    real_apply = model.apply_model
-    calls = []
-
-    def crash_on_third_call(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return real_apply(*args, **kwargs)
-
-    model.apply_model = crash_on_third_call
-    try:
-        with pytest.raises(RuntimeError, match="simulated"):
-            host.generate([True, SCALE], **settings)  # escapes sampling: postprocess never runs
-    finally:
-        del model.apply_model
+    with apply_model_failing_at(host.shared.sd_model, 3, "CUDA out of memory (simulated)"), \
+            pytest.raises(RuntimeError, match="simulated"):
+        host.generate([True, SCALE], **settings)  # escapes sampling: postprocess never runs
     after_crash, _ = host.generate([False], **settings)
     assert same_pixels(after_crash, host.baselines["euler a"]) and torch.equal(after_crash.latents, host.baselines["euler a"].latents)
 
@@ -233,7 +220,7 @@ def test_after_a_crash_or_an_interrupt_the_next_generation_is_as_if_never_instal
     assert torch.isfinite(interrupted.latents).all()
     after_interrupt, _ = host.generate([False], **settings)
     assert same_pixels(after_interrupt, host.baselines["euler a"]) and torch.equal(after_interrupt.latents, host.baselines["euler a"].latents)
-    unet = model.model.diffusion_model
+    unet = host.shared.sd_model.model.diffusion_model
     assert not any("forward" in m.__dict__ for m in unet.modules())
 
 

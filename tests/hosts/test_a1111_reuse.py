@@ -10,7 +10,7 @@ from asag.hosts import a1111
 from asag.layers import resolve_layers, self_attention_modules
 from asag.reuse import WRAPPER_ATTR, blocks_before, unet_blocks
 from tests.hosts.block_counter import BlockCounter
-from tests.hosts.a1111_harness import WebUI, tiny_latent_diffusion, tiny_sdxl_diffusion
+from tests.hosts.a1111_harness import WebUI, apply_model_failing_at, tiny_latent_diffusion, tiny_sdxl_diffusion
 
 SCALE = 3.0
 SPECS = ["middle", "u0-2", "u6-8", "d1,m0", "all"]
@@ -154,22 +154,8 @@ def test_a_failure_inside_the_unet_drops_the_recording_at_once(host):
 
 
 def test_a_failure_before_the_unet_is_cleaned_up_by_the_next_generation(host):
-    model = host.models["sd1"]
-    real_apply = model.apply_model
-    calls = []
-
-    def crash_on_third_call(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated")
-        return real_apply(*args, **kwargs)
-
-    model.apply_model = crash_on_third_call
-    try:
-        with pytest.raises(RuntimeError, match="simulated"):
-            generate(host, "batch 1", "middle")
-    finally:
-        del model.apply_model
+    with apply_model_failing_at(host.models["sd1"], 3, "simulated"), pytest.raises(RuntimeError, match="simulated"):
+        generate(host, "batch 1", "middle")
     after, _, _ = generate(host, "batch 1")  # ASAG off
     base, _, _ = generate(host, "batch 1")
     assert torch.equal(after.latents, base.latents)

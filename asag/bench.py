@@ -1,7 +1,7 @@
 """Benchmarks whose figures go into the README and the issue notes.
 
     python -m asag.bench attention [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--large]
-    python -m asag.bench step      [--device cpu] [--model sd15|sdxl] [--latent N] [--layers "middle;u6-8"] [--steps N]
+    python -m asag.bench step      [--device cpu] [--model sd15|sdxl] [--latent N] [--layers "middle;u6-8"] [--steps N] [--negative-chunks 2]
 
 Every table compares implementations measured side by side in one run and prints ratios;
 nothing here asserts a time. Peak memory is the CUDA allocator's peak on a GPU; on the CPU it is
@@ -141,13 +141,15 @@ def main(argv=None):
     parser.add_argument("--model", default="sd15", choices=["sd15", "sdxl"], help="step: the UNet's shape")
     parser.add_argument("--layers", help="step: comma-separated ASAG layer lists, separated by ';' (default: middle and an output-side list)")
     parser.add_argument("--steps", type=int, default=3, help="step: sampling steps per run")
+    parser.add_argument("--negative-chunks", type=int, default=1,
+                        help="step: also rows with a negative prompt of this many 77-token chunks (pad_cond_uncond on)")
     args = parser.parse_args(argv)
     if args.what == "attention":
         bench_attention(args.device, args.dtype, args.repeats, args.large)
     else:
         from .stepbench import bench_step
         layers = tuple(args.layers.split(";")) if args.layers else None
-        bench_step(args.device, args.repeats, args.latent, model=args.model, layers=layers, steps=args.steps)
+        bench_step(args.device, args.repeats, args.latent, model=args.model, layers=layers, steps=args.steps, negative_chunks=args.negative_chunks)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ class Diagnostics:
         self.extra_seconds = 0.0
         self.reused_blocks = []  # per extra pass: UNet blocks taken from the main pass (0: none)
         self.total_blocks = 0
+        self.full_reasons = {}  # why extra passes were computed in full -> how many
+        self.recorded_bytes = 0  # the most the recordings of the main pass held in one step
 
     def plan_observer(self, iterations: int, strength: float):
         """``observe(q, k, heads, scale)`` for the perturbed layers of one extra pass: records the
@@ -52,9 +54,26 @@ class Diagnostics:
                 self.record_plan(q[0, :, :d], k[0, :, :d], iterations=iterations, strength=strength, scale=scale)
         return observe
 
-    def record_reuse(self, blocks: int, total_blocks: int) -> None:
+    def record_reuse(self, reuse, blocks: int) -> None:
+        """After an extra pass: ``blocks`` it took from the main pass through ``reuse`` (a BlockReuse)."""
         self.reused_blocks.append(blocks)
-        self.total_blocks = total_blocks
+        self.total_blocks = reuse.total_blocks
+        self.recorded_bytes = max(self.recorded_bytes, reuse.peak_bytes)
+        if not blocks and reuse.blocks:
+            reason = reuse.reason or "nothing was recorded"
+            self.full_reasons[reason] = self.full_reasons.get(reason, 0) + 1
+
+    def reuse_summary(self) -> str:
+        passes = len(self.reused_blocks)
+        reused = [blocks for blocks in self.reused_blocks if blocks]
+        if reused:
+            text = (f"{len(reused)} of {passes} extra passes took {sum(reused) / len(reused):.3g} of the UNet's "
+                    f"{self.total_blocks} blocks from the main pass (recordings up to {self.recorded_bytes / 2**20:.1f} MiB)")
+        else:
+            text = f"none of the {passes} extra passes took blocks from the main pass"
+        if self.full_reasons:
+            text += "; computed in full: " + ", ".join(f"{reason} ({count}x)" for reason, count in self.full_reasons.items())
+        return text
 
     def record_plan(self, q: torch.Tensor, k: torch.Tensor, **kwargs) -> None:
         entropy, column_error = plan_statistics(q, k, **kwargs)
@@ -74,9 +93,7 @@ class Diagnostics:
             return "no extra pass ran (scale 0, outside the active window, or not applied)"
         mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
         overhead = f"{self.extra_seconds / self.main_seconds:.0%} of the main passes" if self.main_seconds else "n/a"
-        reused = [blocks for blocks in self.reused_blocks if blocks]
-        reuse = (f"; {len(reused)} of {len(self.reused_blocks)} extra passes took {mean(reused):.3g} of the UNet's "
-                 f"{self.total_blocks} blocks from the main pass" if self.reused_blocks else "")
+        reuse = f"; {self.reuse_summary()}" if self.reused_blocks else ""
         return (f"{self.passes} extra passes; guidance RMS {mean(self.term_rms):.4g} "
                 f"({mean(self.relative):.1%} of the cond prediction); plan row entropy {mean(self.entropies):.3f} of uniform, "
                 f"column-marginal error max {max(self.column_errors, default=float('nan')):.2e}; "

@@ -14,11 +14,12 @@ Two exact forms of the same iteration are used, both in row tiles of the ``n_q x
   ``exp`` of the shifted logits would underflow and the scaling form would lose columns): row
   potentials per tile, column potentials as a running log-sum-exp over the tiles.
 
-Memory: the working set of one call stays within ``budget_bytes`` (``MEMORY_BUDGET_BYTES`` by
-default) plus vectors of ``O((n_q + n_k) * (d + d_v))``. Where one chunk of row groups' kernel
-fits, it is kept and every later pass reads it ("kept"); where even one head's ``n_q x n_k``
-slice does not fit (high resolutions), nothing of that size is kept: each pass remakes the
-kernel tile by tile ("streaming"), trading a matrix product per pass for memory.
+Memory: what one call allocates besides its output stays within ``budget_bytes``
+(``MEMORY_BUDGET_BYTES`` by default): the chunk of row groups and the tile rows are sized with
+every per-group temporary counted (``layout_for``), not the kernel alone. Where one chunk of row
+groups' kernel fits, it is kept and every later pass reads it ("kept"); where even one head's
+``n_q x n_k`` slice does not fit (high resolutions), nothing of that size is kept: each pass
+remakes the kernel tile by tile ("streaming"), trading a matrix product per pass for memory.
 
 Both accumulate in float32 with autocast off, whatever the input dtype. The host is synchronised
 once per chunk to choose the row shift (and once more where the logits' span must be checked),
@@ -73,21 +74,43 @@ class Layout:
         return max(1, self.buffer_elements // (LOG_FORM_TILES * self.chunk * n_k))
 
 
-def layout_for(groups: int, n_q: int, n_k: int, on_cpu: bool, budget_bytes: int) -> Layout:
-    row_bytes = n_k * FLOAT32_BYTES
-    slice_bytes = n_q * row_bytes
-    if slice_bytes <= budget_bytes:
+def padded_width(d_v: int) -> int:
+    """The weighted values' width: ``[c * v, c]`` zero-padded to a multiple of 8."""
+    return (d_v + 8) // 8 * 8
+
+
+def group_vector_bytes(n_q: int, n_k: int, d: int, d_v: int, itemsize: int) -> int:
+    """What one row group holds besides its kernel while its chunk runs: the projections cast to
+    float32 (inputs of another dtype), the scaled queries and shifted keys, the potentials and
+    norms, the weighted values, the float32 output and its cast back to the input dtype."""
+    cast = 0 if itemsize == FLOAT32_BYTES else n_q * d + n_k * (d + d_v)
+    working = (n_q + n_k) * (d + 1) + n_k * padded_width(d_v) + 4 * n_k + 2 * n_q + n_q * d_v
+    return FLOAT32_BYTES * (cast + working) + (0 if itemsize == FLOAT32_BYTES else n_q * d_v * itemsize)
+
+
+def layout_for(groups: int, n_q: int, n_k: int, on_cpu: bool, budget_bytes: int, *,
+               d: int = 0, d_v: int = 0, itemsize: int = FLOAT32_BYTES) -> Layout:
+    """The chunk and tile sizes that keep one call's extra memory within ``budget_bytes``: per row
+    group its kernel (kept whole, or ``tile_rows`` rows of it at a time), the product of a tile with
+    the weighted values, and ``group_vector_bytes``. Below one group with one row, the budget is
+    met as closely as a single row allows."""
+    kernel_row = n_k * FLOAT32_BYTES
+    row_bytes = kernel_row + FLOAT32_BYTES * (padded_width(d_v) + d_v)  # a kernel row and its output product
+    vectors = group_vector_bytes(n_q, n_k, d, d_v, itemsize)
+    keep = n_q * row_bytes + vectors <= budget_bytes
+    if keep:
         chunk_bytes = min(budget_bytes, CPU_CHUNK_BYTES) if on_cpu else budget_bytes
-        chunk = min(groups, max(1, chunk_bytes // slice_bytes))
-        tile_rows = min(n_q, max(1, CPU_TILE_BYTES // (chunk * row_bytes))) if on_cpu else n_q
+        chunk = min(groups, max(1, chunk_bytes // (n_q * row_bytes + vectors)))
+        tile_rows = min(n_q, max(1, CPU_TILE_BYTES // (chunk * kernel_row))) if on_cpu else n_q
         kernel = chunk * n_q * n_k
     else:
-        tile_bytes = min(budget_bytes, CPU_TILE_BYTES) if on_cpu else budget_bytes
-        chunk = min(groups, max(1, tile_bytes // (STREAM_TILE_ROWS * row_bytes)))
-        tile_rows = min(n_q, max(1, tile_bytes // (chunk * row_bytes)))
+        cache = CPU_TILE_BYTES if on_cpu else budget_bytes  # the kernel tile of a chunk, for the cache
+        chunk = min(groups, max(1, budget_bytes // (vectors + STREAM_TILE_ROWS * row_bytes)),
+                    max(1, cache // (STREAM_TILE_ROWS * kernel_row)))
+        tile_rows = min(n_q, max(1, (budget_bytes // chunk - vectors) // row_bytes), max(1, cache // (chunk * kernel_row)))
         kernel = chunk * tile_rows * n_k
     # At least one row per log-form tile: below that the budget is met only up to O(n_k).
-    return Layout(chunk, tile_rows, slice_bytes <= budget_bytes, max(kernel, LOG_FORM_TILES * chunk * n_k))
+    return Layout(chunk, tile_rows, keep, max(kernel, LOG_FORM_TILES * chunk * n_k))
 
 
 def adversarial_sinkhorn_attention(
@@ -128,7 +151,7 @@ def adversarial_sinkhorn_attention(
     if n_k == 0:
         raise ValueError("k and v must have at least one token")
     q3, k3, v3 = (t.reshape(groups, *t.shape[-2:]) for t in (q, k, v))
-    layout = layout_for(groups, n_q, n_k, q.device.type == "cpu", budget_bytes)
+    layout = layout_for(groups, n_q, n_k, q.device.type == "cpu", budget_bytes, d=d, d_v=d_v, itemsize=q.element_size())
     # One buffer for every chunk's kernel: fresh memory is paid for (page faults) once per call.
     buffer = torch.empty(layout.buffer_elements, dtype=torch.float32, device=q.device)
     logit_factor = -float(strength) * float(scale)
@@ -140,6 +163,7 @@ def adversarial_sinkhorn_attention(
             if result is None:
                 result = _log_form(chunk_q, chunk_k, chunk_v, logit_factor, int(iterations), buffer, layout.log_tile_rows(n_k))
             out[sl] = result.to(q.dtype)
+            del chunk_q, chunk_k, chunk_v, result  # before the next chunk makes its own
     return out.reshape(*lead, n_q, d_v)
 
 

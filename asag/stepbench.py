@@ -5,7 +5,9 @@ suite's stand-in of the WebUI modules (tests/hosts/a1111_standin, mirroring v1.1
 SD1.5- or SDXL-shaped ldm UNet (random weights) and a real k-diffusion sampler. Measured side by
 side: CFG alone (extension never loaded), CFG with ASAG installed but disabled, and for each layer
 list CFG + ASAG with today's full extra pass (Settings: reuse off) and with the extra pass reusing
-the main pass (reuse on, the default)."""
+the main pass (reuse on, the default). With ``negative_chunks=2``, rows with a prompt of one 77-token
+chunk and a negative prompt of two (the commonest setup), ``pad_cond_uncond`` on: the main pass
+runs the prompt padded to two chunks, and reuse must give the extra pass that same context."""
 from __future__ import annotations
 
 import statistics
@@ -21,7 +23,7 @@ MODELS = {"sd15": ("SD1.5-shaped UNet", ("middle", "u6-8")), "sdxl": ("SDXL-shap
 
 
 def bench_step(device: str, repeats: int, latent: int = 64, unet_params: dict | None = None, model: str = "sd15",
-               layers: tuple[str, ...] | None = None, steps: int = STEPS) -> None:
+               layers: tuple[str, ...] | None = None, steps: int = STEPS, negative_chunks: int = 1) -> None:
     """``unet_params``: an ldm UNetModel config instead of the model's own (the tests pass a small one)."""
     from tests.hosts.a1111_harness import SD15_UNET, SDXL_DEPTHS, SDXL_UNET, SDXL_VECTOR_DIM, WebUI, tiny_latent_diffusion, tiny_sdxl_diffusion
 
@@ -42,10 +44,11 @@ def bench_step(device: str, repeats: int, latent: int = 64, unet_params: dict | 
         host = WebUI(sd_model=sd_model, context_dim=unet_params["context_dim"], tokens=77)
     settings = dict(batch_size=1, steps=steps, sampler_name="Euler", width_latent=latent)
 
-    def sampling(asag_args, reuse=True):
+    def sampling(asag_args, reuse=True, negative_tokens=None):
         def run():
             host.shared.opts.asag_reuse_blocks = reuse
-            p = host.processing_for(asag_args, **settings)
+            host.shared.opts.pad_cond_uncond = negative_tokens is not None
+            p = host.processing_for(asag_args, uncond_tokens=negative_tokens, **settings)
             p.scripts.process(p)
             with torch.no_grad():
                 p.sample()
@@ -62,6 +65,13 @@ def bench_step(device: str, repeats: int, latent: int = 64, unet_params: dict | 
         args = [True, 1.5, 2, 1.0, spec]
         results[f"ASAG {spec}, full extra pass"] = sampling(args, reuse=False)
         results[f"ASAG {spec}, reuse"] = sampling(args, reuse=True)
+    if negative_chunks > 1:
+        negative = 77 * negative_chunks
+        results[f"CFG, {negative_chunks}-chunk negative"] = sampling([False], negative_tokens=negative)
+        for spec in layers:
+            args = [True, 1.5, 2, 1.0, spec]
+            results[f"ASAG {spec}, {negative_chunks}-chunk negative, full"] = sampling(args, reuse=False, negative_tokens=negative)
+            results[f"ASAG {spec}, {negative_chunks}-chunk negative, reuse"] = sampling(args, reuse=True, negative_tokens=negative)
     # The peak-memory run of each configuration is also its warm-up. Then the timed runs,
     # interleaved (one run of each configuration per round, the order rotating from round to
     # round), so drift in machine load and position in the round hit all alike.

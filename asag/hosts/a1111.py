@@ -150,9 +150,23 @@ def _plan(state: JobState) -> UnetPlan:
             addresses = resolve_layers(state.params.layers, available)
         except ValueError as err:
             raise NotApplicable(str(err)) from None
-        reuse = BlockReuse(unet, addresses) if state.options.reuse else None
+        reuse = BlockReuse(unet, addresses) if state.options.reuse and not _low_vram() else None
         state.unets[id(unet)] = UnetPlan(unet, addresses, [available[a] for a in addresses], reuse)
     return state.unets[id(unet)]
+
+
+def _low_vram() -> bool:
+    """``--lowvram`` moves every block to the GPU for each call and back (a forward pre-hook on
+    each block, modules/lowvram.py), so a replayed block still pays its transfer, the largest part
+    of its cost there, while the recordings would take GPU memory that the option exists to save:
+    reuse is off under it (said once per generation). ``--medvram`` keeps the UNet on the GPU
+    whole while it runs: reuse pays as usual."""
+    from modules import shared
+
+    low = bool(getattr(getattr(shared, "cmd_opts", None), "lowvram", False))
+    if low:
+        logger.info("reuse of the main pass is off under --lowvram: the blocks move to the GPU for every call anyway")
+    return low
 
 
 # ---- the cfg callbacks ---------------------------------------------------------------------------
@@ -240,7 +254,8 @@ def on_cfg_denoised(denoised_params) -> None:
     if diagnostics is not None:
         diagnostics.record_pass(call.term, perturbed, cond, watch.seconds)
         if reuse is not None:
-            diagnostics.record_reuse(reused_blocks, reuse.total_blocks)
+            diagnostics.record_reuse(reuse, reused_blocks)
+    job.note_full_extra_pass(state.p, reuse, reused_blocks)
 
 
 def on_cfg_after_cfg(after_params) -> None:
@@ -293,20 +308,46 @@ def _perturbed_pass(call: ModelCall, inner_model, full_batch: bool) -> torch.Ten
     from modules.sd_samplers_cfg_denoiser import catenate_conds
 
     dp = call.denoiser_params
-    n_cond, n_images = _rows(dp.text_cond), _rows(dp.text_uncond)
+    text_cond, text_uncond = _padded_as_the_main_pass(call.denoiser, dp.text_cond, dp.text_uncond)
+    n_cond, n_images = _rows(text_cond), _rows(text_uncond)
     chunk = dp.x.shape[0] if shared.opts.batch_cond_uncond else n_images
     if not full_batch:
-        return _run_rows(inner_model, dp.x[:n_cond], dp.sigma[:n_cond], dp.text_cond, dp.image_cond[:n_cond], chunk)
+        return _run_rows(inner_model, dp.x[:n_cond], dp.sigma[:n_cond], text_cond, dp.image_cond[:n_cond], chunk)
     # Full batch: the main pass's [cond rows, uncond rows] layout, for ControlNet units whose caches
     # were sized by it; only the cond rows are kept.
     x, sigma, image_cond = dp.x[:n_cond + n_images], dp.sigma[:n_cond + n_images], dp.image_cond[:n_cond + n_images]
-    if _token_count(dp.text_cond) == _token_count(dp.text_uncond):
-        both = catenate_conds([dp.text_cond, dp.text_uncond])
+    if _token_count(text_cond) == _token_count(text_uncond):
+        both = catenate_conds([text_cond, text_uncond])
         return _run_rows(inner_model, x, sigma, both, image_cond, chunk)[:n_cond]
     # Different prompt lengths and no padding: the host runs cond chunks, then the uncond rows.
-    cond_out = _run_rows(inner_model, x[:n_cond], sigma[:n_cond], dp.text_cond, image_cond[:n_cond], 2 * n_images if shared.opts.batch_cond_uncond else n_images)
-    _run_rows(inner_model, x[n_cond:], sigma[n_cond:], dp.text_uncond, image_cond[n_cond:], x.shape[0])
+    cond_out = _run_rows(inner_model, x[:n_cond], sigma[:n_cond], text_cond, image_cond[:n_cond], 2 * n_images if shared.opts.batch_cond_uncond else n_images)
+    _run_rows(inner_model, x[n_cond:], sigma[n_cond:], text_uncond, image_cond[n_cond:], x.shape[0])
     return cond_out
+
+
+def _padded_as_the_main_pass(denoiser, cond, uncond):
+    """cond and uncond as ``CFGDenoiser.forward`` ran them after the callbacks (a1111.md 3.1 step
+    10): where their token counts differ, ``pad_cond_uncond_v0`` (v1.8+) pads or cuts uncond,
+    else ``pad_cond_uncond`` appends the empty prompt to the shorter one. The same attention as
+    the unpadded cond, and the context the main pass's recorded rows saw."""
+    from modules import shared
+    from modules.sd_samplers_cfg_denoiser import pad_cond
+
+    if _token_count(cond) == _token_count(uncond):
+        return cond, uncond
+    copy = lambda c: dict(c) if isinstance(c, dict) else c  # noqa: E731 - the host pads dicts in place
+    cond, uncond = copy(cond), copy(uncond)
+    if getattr(shared.opts, "pad_cond_uncond_v0", False) and hasattr(denoiser, "pad_cond_uncond_v0"):
+        return denoiser.pad_cond_uncond_v0(cond, uncond)
+    if not getattr(shared.opts, "pad_cond_uncond", False):
+        return cond, uncond
+    empty = shared.sd_model.cond_stage_model_empty_prompt
+    repeats = (_token_count(cond) - _token_count(uncond)) // empty.shape[1]
+    if repeats < 0:
+        cond = pad_cond(cond, -repeats, empty)
+    elif repeats > 0:
+        uncond = pad_cond(uncond, repeats, empty)
+    return cond, uncond
 
 
 def _token_count(cond) -> int:

@@ -11,7 +11,12 @@ main pass, and the live options are never changed.
 Reuse of the main pass (asag/reuse.py): ``on_cfg_denoiser`` starts recording the cond rows of the
 step's main pass (``transformer_options["cond_or_uncond"]`` tells which rows those are, however
 the host batched or split them) and the post-CFG function replays them in the extra pass, then
-removes the block forwards it had put in place.
+removes the block forwards it had put in place. What the host does inside a block call is given
+to the core by ``host_blocks``: the ``ldm_patched`` UNet (old Forge, reForge, Forge Classic) calls
+its blocks through ``forward_timestep_embed``; a block call advances ``transformer_index``; patches
+and modifiers that act inside blocks make the extra pass run in full. Forge batches prompts of
+different lengths by repeating the shorter context to a common length, so the extra pass is given
+each prompt's context as the main pass ran it (the same attention), which keeps the rows matched.
 """
 from __future__ import annotations
 
@@ -22,12 +27,21 @@ import time
 from .. import guidance, layers, sinkhorn
 from ..diagnostics import Diagnostics, Stopwatch, synchronize
 from ..log import logger
-from ..reuse import BlockReuse, remove_leftovers
+from ..reuse import BlockReuse, HostBlocks, remove_leftovers
 from . import detect, job
 from .settings import HostOptions
 
 STATE_ATTR = "_asag_state"
 OWNED_ATTR = "_asag_owned"  # marks ASAG's functions in model_options lists, so a re-patch replaces them
+OWNED_LISTS = ("sampler_pre_cfg_function", "sampler_post_cfg_function")
+# transformer_options entries that run code inside block calls (Forge's backend/nn/unet.py and
+# ldm_patched's openaimodel.py / attention.py): a replayed block would skip it.
+IN_BLOCK_OPTIONS = ("block_inner_modifiers", "group_norm_wrapper")
+IN_BLOCK_PATCHES = ("attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output_patch", "middle_patch")
+# The UNet module of each backend: its SpatialTransformer class, and for ldm_patched the function
+# that calls the blocks.
+UNET_MODULES = {detect.FORGE: "backend.nn.unet"}
+LDM_PATCHED_UNET = "ldm_patched.ldm.modules.diffusionmodules.openaimodel"
 
 
 class ForgeJob:
@@ -83,15 +97,47 @@ def remember_step(params) -> None:
         state.step_started = time.perf_counter()
 
 
+def _transformer_options(args: tuple, kwargs: dict) -> dict:
+    """The ``transformer_options`` of a block call ``(h, emb, context, transformer_options, ...)``."""
+    return (args[3] if len(args) > 3 else kwargs.get("transformer_options")) or {}
+
+
 def cond_rows(rows: int, args: tuple, kwargs: dict) -> list[int]:
     """The cond rows of one UNet call of Forge's batch helper: ``cond_or_uncond`` holds one entry
     per chunk of equal size (0 = cond), in the order the chunks were batched."""
-    options = args[3] if len(args) > 3 else kwargs.get("transformer_options") or {}
+    options = _transformer_options(args, kwargs)
     kinds = options.get("cond_or_uncond") or []
     if not kinds or rows % len(kinds):
         return []
     size = rows // len(kinds)
     return [chunk * size + row for chunk, kind in enumerate(kinds) if kind == 0 for row in range(size)]
+
+
+def host_blocks(host: str) -> HostBlocks:
+    """What a block call does on this backend besides computing (see asag/reuse.py)."""
+    unet_module = importlib.import_module(UNET_MODULES.get(host, LDM_PATCHED_UNET))
+    transformers = tuple(getattr(unet_module, name) for name in ("SpatialTransformer", "SpatialVideoTransformer")
+                         if hasattr(unet_module, name))
+
+    def skipped(block, args, kwargs):
+        options = _transformer_options(args, kwargs)
+        if "transformer_index" in options:  # counted per transformer layer inside the block call
+            options["transformer_index"] += sum(isinstance(layer, transformers) for layer in block)
+
+    def unreplayable(args, kwargs, replayed):
+        options = _transformer_options(args, kwargs)
+        inside = [name for name in IN_BLOCK_OPTIONS if options.get(name)]
+        inside += [name for name in IN_BLOCK_PATCHES if (options.get("patches") or {}).get(name)]
+        if inside:
+            return f"{inside[0]} runs inside the blocks"
+        for name, table in (options.get("patches_replace") or {}).items():
+            for key in table:
+                if isinstance(key, tuple) and tuple(key[:2]) in set(replayed):
+                    return f"a {name} replacement is set on {key[0]} block {key[1]}"
+        return None
+
+    function = None if host == detect.FORGE else (unet_module, "forward_timestep_embed")
+    return HostBlocks(block_function=function, unreplayable=unreplayable, skipped=skipped)
 
 
 def start_job(p, params, options: HostOptions = HostOptions()) -> None:
@@ -119,11 +165,13 @@ def before_sampling(p) -> None:
         state.stop_recording()
         state.pass_params = state.reuse = None
     sd_model = p.sd_model
+    host = detect.detect_host()
     is_unet = any(getattr(sd_model, flag, False) for flag in ("is_sd1", "is_sd2", "is_sdxl"))
     if is_unet:  # with ASAG on or off: what a generation that an exception ended mid-step left
-        remove_leftovers(sd_model.forge_objects.unet.model.diffusion_model)
+        remove_leftovers(sd_model.forge_objects.unet.model.diffusion_model, host_blocks(host))
     params = job.params_for_pass(state.params if state else None, getattr(p, "is_hr_pass", False))
     if params is None:
+        _remove_functions(sd_model)
         return
     if not is_unet:
         job.not_applied(p, "this is not a UNet model (Flux/SD3/Chroma); ASAG supports SD1, SD2 and SDXL")
@@ -136,8 +184,7 @@ def before_sampling(p) -> None:
         job.not_applied(p, str(err))
         return
     state.pass_params, state.selected = params, selected
-    state.reuse = BlockReuse(diffusion_model, selected) if state.options.reuse else None
-    host = detect.detect_host()
+    state.reuse = BlockReuse(diffusion_model, selected, host_blocks(host)) if state.options.reuse else None
     # 3-tuple keys: Forge tries (block, id, index) before (block, id), and reference-only
     # registers 3-tuple keys on every layer, which would shadow 2-tuple ones.
     keys = [address.patch_key for address in selected]
@@ -145,6 +192,19 @@ def before_sampling(p) -> None:
     _put_first(unet.model_options, "sampler_post_cfg_function", _post_cfg_function(p, params, state, keys, _cond_prediction(host)))
     sd_model.forge_objects.unet = unet
     logger.debug("%s: extra pass with Sinkhorn attn1 at %s", host, ", ".join(map(str, keys)))
+
+
+def _remove_functions(sd_model) -> None:
+    """A pass without ASAG: take ASAG's functions out of the UNet patcher an earlier pass of this
+    generation patched, where the host kept it (Forge Classic re-copies ``forge_objects`` for the
+    hires. fix pass only when a LoRA is loaded)."""
+    unet = sd_model.forge_objects.unet
+    if not any(getattr(f, OWNED_ATTR, False) for name in OWNED_LISTS for f in unet.model_options.get(name, [])):
+        return
+    unet = unet.clone()
+    for name in OWNED_LISTS:
+        unet.model_options[name] = [f for f in unet.model_options.get(name, []) if not getattr(f, OWNED_ATTR, False)]
+    sd_model.forge_objects.unet = unet
 
 
 def _put_first(model_options: dict, name: str, function) -> None:
@@ -197,21 +257,37 @@ def _post_cfg_function(p, params, state: ForgeJob, keys, cond_prediction):
             sinkhorn_attn1(params, diagnostics.plan_observer(params.iterations, params.strength), budget)
         options = with_attn1_replacement(args["model_options"], replacement, keys)
         watch = Stopwatch(denoised) if diagnostics is not None else contextlib.nullcontext()
+        conds = args["cond"]
         try:
             if state.reuse is not None:
                 state.reuse.replay()
+                conds = [_context_as_recorded(cond, state.reuse) for cond in conds]
             with watch:
-                perturbed = cond_prediction(model, args["cond"], args["input"], sigma, options)
+                perturbed = cond_prediction(model, conds, args["input"], sigma, options)
         finally:
             reused_blocks = state.stop_recording()
         cond = args["cond_denoised"]
         if diagnostics is not None:
             diagnostics.record_pass(guidance.guidance_term(cond, perturbed, scale), perturbed, cond, watch.seconds)
             if state.reuse is not None:
-                diagnostics.record_reuse(reused_blocks, state.reuse.total_blocks)
+                diagnostics.record_reuse(state.reuse, reused_blocks)
+        job.note_full_extra_pass(p, state.reuse, reused_blocks)
         return guidance.apply_guidance(denoised, cond, perturbed, scale, params.rescale)
 
     return asag_post_cfg
+
+
+def _context_as_recorded(cond: dict, reuse: BlockReuse) -> dict:
+    """``cond`` with its text context as the main pass ran it: repeated to the length of the
+    prompts it was batched with (backend/sampling/condition.py ``ConditionCrossAttn.concat``)."""
+    model_conds = cond.get("model_conds") or {}
+    crossattn = model_conds.get("c_crossattn")
+    if crossattn is None:
+        return cond
+    context = reuse.repeated_as_recorded(crossattn.cond)
+    if context is crossattn.cond:
+        return cond
+    return {**cond, "model_conds": {**model_conds, "c_crossattn": type(crossattn)(context)}}
 
 
 def _progress(params, state: ForgeJob, model, sigma) -> float:

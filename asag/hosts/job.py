@@ -68,3 +68,17 @@ def acts_at(p, params: AsagParams, diffusion_model, selected, latent) -> bool:
         logger.warning("no effect: %s", reason)
         p.extra_generation_params[NOTE_KEY] = f"no effect: {reason}"
     return False
+
+
+REUSE_NOTE_ATTR = "_asag_reuse_notes"  # on p: the reasons already said for this generation
+
+
+def note_full_extra_pass(p, reuse, reused_blocks: int) -> None:
+    """Once per generation and reason, in the console: why an extra pass took nothing from the main
+    pass (another extension's code inside the blocks, say), so that its cost is not a mystery."""
+    if reused_blocks or reuse is None or not reuse.blocks or reuse.reason is None:
+        return
+    said = p.__dict__.setdefault(REUSE_NOTE_ATTR, set())
+    if reuse.reason not in said:
+        said.add(reuse.reason)
+        logger.info("the extra pass is computed in full, without the main pass's blocks: %s", reuse.reason)

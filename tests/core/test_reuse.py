@@ -3,7 +3,10 @@ import pytest
 import torch
 
 from asag.layers import resolve_layers, self_attention_modules
-from asag.reuse import BlockReuse, blocks_before, every_row, first_rows, remove_leftovers, unet_blocks
+from ldm.modules.diffusionmodules.util import timestep_embedding
+
+from asag.reuse import BlockReuse, HostBlocks, blocks_before, embedding_slack, every_row, first_rows, remove_leftovers, unet_blocks
+from tests.hosts.block_counter import BlockCounter
 from tests.models import CONTEXT_DIM, tiny_unet
 
 
@@ -22,19 +25,15 @@ def layers(unet, spec):
     return resolve_layers(spec, self_attention_modules(unet))
 
 
-class BlockCalls:
-    """Counts how many blocks really compute: a pre-hook on each block's first layer."""
+class BlockCalls(BlockCounter):
+    """How many of the UNet's blocks really compute (tests/hosts/block_counter.py)."""
 
     def __init__(self, unet):
-        self.count = 0
-        self.handles = [module[0].register_forward_pre_hook(self._hit) for _, module in unet_blocks(unet)]
+        super().__init__([unet])
 
-    def _hit(self, *_):
-        self.count += 1
-
-    def close(self):
-        for handle in self.handles:
-            handle.remove()
+    @property
+    def count(self):
+        return self.block_computations
 
 
 # SD1-like tiny UNet: input_blocks 0..8 (attention in 1, 2, 4, 5, 7, 8), middle, output_blocks 0..8.
@@ -140,3 +139,193 @@ def test_the_embedding_matches_to_within_rounding_across_batch_sizes(unet):
         reuse.replay()
         unet(x[2:3], t[2:3], context=context[2:3])
         assert reuse.stop() == len(reuse.blocks)
+
+
+# ---- exactness: what must not match, what runs inside the blocks ---------------------------------
+def replay_once(unet, spec, record_inputs, replay_inputs, host=HostBlocks()):
+    """Record a main pass on ``record_inputs`` (every row), replay one call on ``replay_inputs``;
+    returns (replayed output, blocks the pass took, reason, blocks computed in the replayed call)."""
+    reuse = BlockReuse(unet, layers(unet, spec), host)
+    calls = BlockCalls(unet)
+    try:
+        with torch.no_grad():
+            reuse.record(every_row)
+            x, t, context = record_inputs
+            unet(x, t, context=context)
+            reuse.replay()
+            before = calls.count
+            x, t, context = replay_inputs
+            out = unet(x, t, context=context)
+            computed = calls.count - before
+            reason = reuse.reason
+            taken = reuse.stop()
+    finally:
+        calls.close()
+    assert not reuse.active
+    return out, taken, reason or reuse.reason, computed
+
+
+def nudged(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with one element moved by a single ulp."""
+    out = t.clone()
+    out.view(-1)[3] = torch.nextafter(out.view(-1)[3], torch.tensor(float("inf")))
+    return out
+
+
+@pytest.mark.parametrize("which", ["latent", "context"])
+def test_a_latent_or_context_one_ulp_away_is_not_matched(unet, which):
+    # Two AND sub-prompts with the same latent and nearly equal contexts must not share a recording.
+    x, t, context = inputs(rows=1)
+    replay = (nudged(x), t, context) if which == "latent" else (x, t, nudged(context))
+    out, taken, reason, computed = replay_once(unet, "middle", (x, t, context), replay)
+    assert taken == 0 and reason == "no recorded rows matched the extra pass's"
+    assert computed == len(unet_blocks(unet))
+    with torch.no_grad():
+        assert torch.equal(out, unet(*replay[:2], context=replay[2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_embedding_slack_covers_batch_rounding_in_each_dtype_and_reuse_matches_there(unet, dtype, monkeypatch):
+    # ldm's own attention upcasts q and k only (the WebUI replaces it by its optimisers): keep the dtype
+    monkeypatch.setattr("ldm.modules.attention._ATTN_PRECISION", "same")
+    model = tiny_unet("sd1").to(dtype)
+    model.dtype = dtype  # ldm casts the latent to it; the sinusoidal embedding too, as the WebUI's hijack does:
+    model.time_embed.register_forward_pre_hook(lambda module, args: (args[0].to(dtype),))
+    for norm in model.modules():  # ldm's GroupNorm32 normalises in float32: CPU kernels want float32 weights
+        if isinstance(norm, torch.nn.GroupNorm):
+            norm.float()
+    g = torch.Generator().manual_seed(5)
+    t = torch.rand(12, generator=g) * 999
+    with torch.no_grad():
+        embed = lambda rows: model.time_embed(timestep_embedding(t[rows], model.model_channels).to(dtype))  # noqa: E731
+        whole = embed(slice(0, 12))
+        worst = max(float(((embed(slice(s, s + b)) - whole[s:s + b]).abs().amax(1) / whole[s:s + b].abs().amax(1)).max())
+                    for b in (1, 2, 3, 5) for s in range(0, 12 - b + 1))
+    assert worst <= embedding_slack(dtype, torch.device("cpu"))
+    x, _, context = inputs(rows=3)
+    x, context, times = x.to(dtype), context.to(dtype), t[:3]
+    out, taken, reason, computed = replay_once(model, "u0-2", (x, times, context), (x[1:2], times[1:2], context[1:2]))
+    assert taken == 10 and reason is None and computed == len(unet_blocks(model)) - 10
+    with torch.no_grad():
+        computed_alone = model(x[1:2], times[1:2], context=context[1:2])
+        batched = model(x, times, context=context)[1:2]
+    # within the rounding that computing the row in another batch makes anyway
+    rounding = 2 * max(float((batched - computed_alone).abs().max()), 4 * torch.finfo(dtype).eps * float(computed_alone.abs().max()))
+    assert float((out - computed_alone).abs().max()) <= rounding
+
+
+def test_each_recorded_row_is_handed_out_once_then_dropped(unet):
+    x, t, context = inputs(rows=2)
+    reuse = BlockReuse(unet, layers(unet, "middle"))
+    with torch.no_grad():
+        reuse.record(every_row)
+        unet(x, t, context=context)
+        reuse.replay()
+        unet(x[:1], t[:1], context=context[:1])
+        record = reuse._records[0]
+        assert record.taken == [True, False] and all(o is not None for o in record.outputs)  # row 1 still to come
+        unet(x[1:], t[1:], context=context[1:])
+        assert all(o is None for o in record.outputs)  # every output handed out: nothing kept
+        unet(x[:1], t[:1], context=context[:1])  # the same row again: no recording left for it
+        assert reuse.stop() == 0
+
+
+class Counter:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *_):
+        self.calls += 1
+
+
+def test_a_hook_on_a_module_inside_a_replayed_block_makes_the_pass_run_in_full(unet):
+    x, t, context = inputs(rows=1)
+    hook = Counter()  # a stateful hook: it would miss the calls that replay skipped
+    handle = unet.input_blocks[2][1].register_forward_pre_hook(hook)
+    try:
+        out, taken, reason, computed = replay_once(unet, "middle", (x, t, context), (x, t, context))
+    finally:
+        handle.remove()
+    assert taken == 0 and reason.startswith("a hook on input block 2") and computed == len(unet_blocks(unet))
+    assert hook.calls == 2  # main and extra pass
+
+
+def test_another_extensions_code_inside_a_replayed_block_makes_the_pass_run_in_full(unet):
+    # sd-webui-controlnet's reference modes replace BasicTransformerBlock._forward on the instance
+    # (and draw noise there); Hypertile replaces attn1's forward.
+    x, t, context = inputs(rows=1)
+    block = unet.input_blocks[1][1].transformer_blocks[0]
+    block._forward = type(block)._forward.__get__(block)
+    try:
+        _, taken, reason, _ = replay_once(unet, "middle", (x, t, context), (x, t, context))
+    finally:
+        del block._forward
+    assert taken == 0 and reason.startswith("another extension's code in input block 1")
+
+
+def test_a_hook_on_a_replayed_block_itself_still_runs_and_reuse_holds(unet):
+    # A1111's --lowvram moves each block to the GPU in a pre-hook on the block: its call still happens.
+    x, t, context = inputs(rows=1)
+    hook = Counter()
+    handle = unet.input_blocks[1].register_forward_pre_hook(hook)
+    try:
+        _, taken, reason, _ = replay_once(unet, "middle", (x, t, context), (x, t, context))
+    finally:
+        handle.remove()
+    assert taken == 9 and reason is None and hook.calls == 2
+
+
+def test_the_host_is_told_of_each_skipped_block_and_can_refuse_a_call(unet):
+    x, t, context = inputs(rows=1)
+    skipped = []
+    host = HostBlocks(skipped=lambda block, args, kwargs: skipped.append(block))
+    _, taken, _, _ = replay_once(unet, "u0-2", (x, t, context), (x, t, context), host)
+    assert taken == 10 and skipped == blocks_before(unet, layers(unet, "u0-2"))
+    refusing = HostBlocks(unreplayable=lambda args, kwargs, replayed: f"a patch on {replayed[-1]}")
+    _, taken, reason, _ = replay_once(unet, "u0-2", (x, t, context), (x, t, context), refusing)
+    assert taken == 0 and reason == "a patch on ('middle', 0)"
+
+
+def test_one_device_read_per_unet_call(unet, monkeypatch):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import asag.reuse as reuse_module
+
+    reads = []
+    to_host = reuse_module._to_host
+    monkeypatch.setattr(reuse_module, "_to_host", lambda verdicts: reads.append("match") or to_host(verdicts))
+
+    class Syncs(TorchDispatchMode):  # any other read of a tensor's value on the host
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default, torch.ops.aten.is_nonzero.default):
+                reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, t, context = inputs(rows=3)
+    reuse = BlockReuse(unet, layers(unet, "u6-8"))
+    with torch.no_grad():
+        reuse.record(every_row)
+        for row in range(3):  # three recorded calls: candidates from each
+            unet(x[row:row + 1], t[row:row + 1], context=context[row:row + 1])
+        reuse.replay()
+        with Syncs():
+            unet(x[[2, 0]], t[[2, 0]], context=context[[2, 0]])
+        assert reuse.stop() == 16
+    assert reads == ["match"]
+
+
+def test_a_context_repeated_in_the_main_pass_is_given_back_repeated(unet):
+    # Forge batches a 1-chunk prompt with a 2-chunk negative prompt by repeating the prompt's
+    # context to 2 chunks (the same attention): the extra pass gets it as the main pass ran it.
+    x, t, context = inputs(rows=2)
+    doubled = context.repeat(1, 2, 1)
+    reuse = BlockReuse(unet, layers(unet, "u0-2"))
+    with torch.no_grad():
+        reuse.record(every_row)
+        unet(x, t, context=doubled)
+        assert torch.equal(reuse.repeated_as_recorded(context[:1]), doubled[:1])
+        other = context[:1] + 1
+        assert reuse.repeated_as_recorded(other) is other
+        reuse.replay()
+        unet(x[:1], t[:1], context=reuse.repeated_as_recorded(context[:1]))
+        assert reuse.stop() == 10

@@ -183,7 +183,7 @@ def streamed(monkeypatch, gpu_layout=False):
     layout a CUDA device gets, so that the GPU code path runs here on the CPU)."""
     real = sinkhorn.layout_for
 
-    def layout(groups, n_q, n_k, on_cpu, budget_bytes):
+    def layout(groups, n_q, n_k, on_cpu, budget_bytes, **widths):
         budget = min(budget_bytes, 5 * n_k * 4)  # 5 rows of one group: never a multiple of n_q here
         chosen = real(groups, n_q, n_k, on_cpu and not gpu_layout, budget)
         assert not chosen.keep and chosen.tile_rows < n_q
@@ -301,3 +301,21 @@ def test_nan_input_propagates_instead_of_raising():
     q[0, 0, 0] = math.nan
     assert asa(q, rand(1, 4, 8), rand(1, 4, 8), iterations=0)[0, 0].isnan().all()
     assert asa(q, rand(1, 4, 8), rand(1, 4, 8), iterations=1).isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("budget_mib", [4, 16])
+def test_the_budget_bounds_everything_a_streamed_call_allocates_besides_its_output(dtype, budget_mib):
+    # Several groups (the chunk holds more than one), streamed: the tile and every per-group
+    # temporary (float32 copies, scaled queries, shifted keys, weighted values, output, cast) count.
+    groups, n, d = 8, 2048, 64  # a 16 MiB slice per group
+    q, k, v = (rand(groups, n, d, seed=seed, dtype=dtype) for seed in range(3))
+    budget = budget_mib * 2**20
+    layout = sinkhorn.layout_for(groups, n, n, True, budget, d=d, d_v=d, itemsize=q.element_size())
+    assert not layout.keep and (budget_mib == 4 or layout.chunk > 1)
+    with LiveMemory(q, k, v) as tracker:
+        out = asa(q, k, v, iterations=2, budget_bytes=budget)
+    output = out.numel() * out.element_size()
+    assert tracker.peak <= budget + output, (tracker.peak / 2**20, budget_mib, output / 2**20)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    assert (out.double() - reference_attention(q, k, v, iterations=2)).abs().max() <= tolerance

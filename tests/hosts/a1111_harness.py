@@ -186,6 +186,11 @@ class WebUI:
         from asag.params import PARAMS
 
         cond, uncond = self.conds(batch_size, and_weights, uncond_tokens=uncond_tokens)
+        model = self.shared.sd_model
+        if getattr(model, "cond_stage_model_empty_prompt", None) is None:
+            # modules/sd_models.py at load: the encoded empty prompt (crossattn only for SDXL), which pad_cond_uncond appends
+            gen = torch.Generator().manual_seed(99)
+            model.cond_stage_model_empty_prompt = torch.randn(1, self.tokens, self.context_dim, generator=gen)
         scripts, script_args = [], [0]
         for script, args in before:
             script.n_args = len(args)

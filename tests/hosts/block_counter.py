@@ -1,19 +1,27 @@
-"""Counts, for the reuse tests of both hosts, the UNet calls and the UNet blocks that really compute
-(a pre-hook on each block's first layer; a replayed block never reaches it)."""
+"""Counts, for the reuse tests of both hosts, the UNet calls and the UNet blocks that really compute:
+the ``forward`` of each block's first layer, wrapped on its class for the duration (a replayed
+block never reaches it). Class-level, not hooks or instance attributes on the modules: reuse
+computes a pass in full where it finds other code inside a replayed block (asag/reuse.py)."""
 from asag.layers import unet_blocks
 
 
 class BlockCounter:
     def __init__(self, unets):
         self.unet_calls = self.block_computations = 0
-        self.handles = []
-        for unet in unets:
-            first_layers = [block[0] for _, block in unet_blocks(unet)]
-            self.handles.append(unet.register_forward_pre_hook(lambda *_: self._add("unet_calls")))
-            # Hooks travel with deep copies (a control network copies the encoder): count the UNet's own.
-            self.handles += [layer.register_forward_pre_hook(
-                lambda module, _, own=layer: self._add("block_computations") if module is own else None)
-                for layer in first_layers]
+        self.handles = [unet.register_forward_pre_hook(lambda *_: self._add("unet_calls")) for unet in unets]
+        # Counted by identity: a control network's deep copy of the encoder has layers of the same classes.
+        self.own = {id(block[0]) for unet in unets for _, block in unet_blocks(unet)}
+        self.patched = {}
+        for cls in {type(block[0]) for unet in unets for _, block in unet_blocks(unet)}:
+            self.patched[cls] = vars(cls).get("forward")
+            cls.forward = self._counting(cls.forward)
+
+    def _counting(self, forward):
+        def counted(module, *args, **kwargs):
+            if id(module) in self.own:
+                self._add("block_computations")
+            return forward(module, *args, **kwargs)
+        return counted
 
     def _add(self, name):
         setattr(self, name, getattr(self, name) + 1)
@@ -21,3 +29,8 @@ class BlockCounter:
     def close(self):
         for handle in self.handles:
             handle.remove()
+        for cls, forward in self.patched.items():
+            if forward is None:
+                del cls.forward
+            else:
+                cls.forward = forward

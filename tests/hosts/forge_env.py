@@ -1,5 +1,6 @@
 """Test host for the Forge adapter: the stand-in Forge modules (tests/hosts/forge_standin) on
-sys.path for the duration of one test, a tiny real ldm UNet behind Forge's patcher, and a driver
+sys.path for the duration of one test (with tests/hosts/forge_legacy_standin for the ldm_patched
+backend of old Forge and Forge Classic), a tiny real ldm UNet behind Forge's patcher, and a driver
 for one denoiser step as Forge's CFGDenoiser.forward makes it (modules/sd_samplers_cfg_denoiser.py
 at dfdcbab: build CFGDenoiserParams from the raw latent, run the on_cfg_denoiser callbacks, call
 sampling_function)."""
@@ -14,7 +15,9 @@ import torch
 from tests.models import CONTEXT_DIM, tiny_unet
 
 STANDIN = str(Path(__file__).with_name("forge_standin"))
-STANDIN_PACKAGES = ("backend", "modules_forge")
+LEGACY_STANDIN = str(Path(__file__).with_name("forge_legacy_standin"))
+STANDIN_PACKAGES = ("backend", "modules_forge", "ldm_patched")
+NEW_BACKEND_SAMPLING = "backend.sampling.sampling_function"
 
 
 def _drop_standin_modules():
@@ -23,28 +26,45 @@ def _drop_standin_modules():
             del sys.modules[name]
 
 
-@pytest.fixture
-def forge_host():
-    """The stand-in Forge on sys.path; everything it put in sys.modules is removed afterwards."""
+def _host(legacy: bool):
+    """The stand-in Forge on sys.path; everything it put in sys.modules is removed afterwards.
+    ``legacy``: the ldm_patched backend (old Forge, Forge Classic): new Forge's sampling module is
+    made unimportable, as those hosts have no backend/, and blocks are called as they call them."""
     _drop_standin_modules()
-    sys.path.insert(0, STANDIN)
+    paths = [STANDIN, LEGACY_STANDIN] if legacy else [STANDIN]
+    for path in paths:
+        sys.path.insert(0, path)
+    if legacy:
+        sys.modules[NEW_BACKEND_SAMPLING] = None  # import raises ImportError
     # Tiny tensors: one thread is fastest, and spares the spin-waits of an oversubscribed CPU.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield SimpleNamespace(
+            legacy=legacy,
             forge=importlib.import_module("asag.hosts.forge"),
             job=importlib.import_module("asag.hosts.job"),
             detect=importlib.import_module("asag.hosts.detect"),
-            sampling=importlib.import_module("backend.sampling.sampling_function"),
+            sampling=importlib.import_module("ldm_patched.modules.samplers" if legacy else NEW_BACKEND_SAMPLING),
             patcher=importlib.import_module("backend.patcher.unet"),
             k_model=importlib.import_module("backend.modules.k_model"),
             unet_nn=importlib.import_module("backend.nn.unet"),
         )
     finally:
         torch.set_num_threads(threads)
-        sys.path.remove(STANDIN)
+        for path in paths:
+            sys.path.remove(path)
         _drop_standin_modules()
+
+
+@pytest.fixture
+def forge_host():
+    yield from _host(legacy=False)
+
+
+@pytest.fixture
+def forge_legacy_host():
+    yield from _host(legacy=True)
 
 
 class ScriptCallbacks:
@@ -71,6 +91,8 @@ def _fill_zero_initialised(unet, seed):
 def make_p(host, *, seed=0, layout_flags=("is_sd1",)):
     unet = _fill_zero_initialised(tiny_unet("sd1", seed=seed), seed)
     patcher = host.patcher.UnetPatcher(host.k_model.KModel(unet))
+    if host.legacy:
+        importlib.import_module("ldm_patched.ldm.modules.diffusionmodules.openaimodel").legacy_unet(unet)
     flags = {flag: flag in layout_flags for flag in ("is_sd1", "is_sd2", "is_sdxl", "is_sd3")}
     sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=patcher), **flags)
     return SimpleNamespace(sd_model=sd_model, extra_generation_params={}, is_hr_pass=False, seeds=[seed])
@@ -81,11 +103,13 @@ def reset_forge_objects(p, pristine):
     p.sd_model.forge_objects = SimpleNamespace(unet=pristine)
 
 
-def inputs(seed=1, batch=1):
+def inputs(seed=1, batch=1, uncond_tokens=7):
+    """Latent, prompt (7 tokens) and negative prompt (``uncond_tokens``: 14 stands for a negative
+    prompt of two 77-token chunks beside a prompt of one)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, 16, 16, generator=g) * 3.0
     cond = torch.randn(batch, 7, CONTEXT_DIM, generator=g)
-    uncond = torch.randn(batch, 7, CONTEXT_DIM, generator=g)
+    uncond = torch.randn(batch, uncond_tokens, CONTEXT_DIM, generator=g)
     return x, cond, uncond
 
 

@@ -39,6 +39,11 @@ LAYOUTS = {
     "AND prompts": (dict(batch_size=2, and_weights=[[0.7, 0.3], [1.0]]), {}, "sd1"),
     "chunked (batch_cond_uncond off)": (dict(batch_size=2, and_weights=[[0.6, 0.4], [1.0]]), {"batch_cond_uncond": False}, "sd1"),
     "longer negative prompt": (dict(batch_size=2, and_weights=[[0.5, 0.5], [0.5, 0.5]], uncond_tokens=16), {}, "sd1"),
+    # a prompt of one chunk, a negative prompt of two: the prompt padded with the empty prompt
+    "two-chunk negative, pad_cond_uncond": (dict(batch_size=2, uncond_tokens=14), {"pad_cond_uncond": True}, "sd1"),
+    "two-chunk negative, pad_cond_uncond_v0": (dict(batch_size=2, uncond_tokens=14), {"pad_cond_uncond_v0": True}, "sd1"),
+    "two-chunk negative, pad_cond_uncond, full batch": (dict(batch_size=2, uncond_tokens=14, full_batch=True), {"pad_cond_uncond": True}, "sd1"),
+    "SDXL, two-chunk negative, pad_cond_uncond": (dict(batch_size=1, uncond_tokens=14), {"pad_cond_uncond": True}, "sdxl"),
     "skipped uncond rows": (dict(batch_size=2, steps=4), {"skip_early_cond": 0.5}, "sd1"),
     "full batch": (dict(batch_size=2, full_batch=True), {}, "sd1"),
     "full batch, chunked, longer negative": (dict(batch_size=2, full_batch=True, uncond_tokens=16), {"batch_cond_uncond": False}, "sd1"),
@@ -159,7 +164,8 @@ def test_a_failure_before_the_unet_is_cleaned_up_by_the_next_generation(host):
     after, _, _ = generate(host, "batch 1")  # ASAG off
     base, _, _ = generate(host, "batch 1")
     assert torch.equal(after.latents, base.latents)
-    assert_nothing_left(host) and a1111.ACTIVE.state is None
+    assert_nothing_left(host)
+    assert a1111.ACTIVE.state is None
 
 
 def test_an_interrupt_leaves_nothing(host):
@@ -173,7 +179,8 @@ def test_an_interrupt_leaves_nothing(host):
     finally:
         host.callbacks.remove_callbacks_for_function(interrupt)
     assert torch.isfinite(interrupted.latents).all()
-    assert_nothing_left(host) and a1111.ACTIVE.state is None
+    assert_nothing_left(host)
+    assert a1111.ACTIVE.state is None
 
 
 def test_diagnostics_report_the_reuse(host, caplog):
@@ -183,3 +190,33 @@ def test_diagnostics_report_the_reuse(host, caplog):
     line = next(l for l in caplog.text.splitlines() if "diagnostics:" in l)
     blocks = len(unet_blocks(host.models["sd1"].model.diffusion_model))
     assert f"3 of 3 extra passes took {reused_blocks(host, 'sd1', 'middle')} of the UNet's {blocks} blocks" in line
+
+
+def test_under_lowvram_reuse_is_off_and_says_so(host, caplog):
+    caplog.set_level("INFO", logger="asag")
+    host.shared.cmd_opts.lowvram = True
+    try:
+        _, main_calls, computed_base = generate(host, "batch 1")
+        on, calls_on, computed_on = generate(host, "batch 1", "u6-8", reuse=True)
+    finally:
+        host.shared.cmd_opts.lowvram = False
+    off, _, _ = generate(host, "batch 1", "u6-8", reuse=False)
+    blocks = len(unet_blocks(host.models["sd1"].model.diffusion_model))
+    assert computed_on - computed_base == blocks * (calls_on - main_calls)  # every block of the extra pass computed
+    assert torch.equal(on.latents, off.latents)
+    assert "reuse of the main pass is off under --lowvram" in caplog.text
+
+
+def test_diagnostics_say_none_and_why_when_nothing_was_reused(host, caplog):
+    caplog.set_level("INFO", logger="asag")
+    block = host.models["sd1"].model.diffusion_model.input_blocks[1][1].transformer_blocks[0]
+    handle = block.attn1.register_forward_pre_hook(lambda *_: None)  # another extension's hook
+    try:
+        with options(host, asag_diagnostics=True):
+            generate(host, "batch 1", "middle")
+    finally:
+        handle.remove()
+    line = next(l for l in caplog.text.splitlines() if "diagnostics:" in l)
+    assert "none of the 3 extra passes took blocks from the main pass; computed in full: a hook on input block 1" in line
+    assert "nan" not in line
+    assert "the extra pass is computed in full, without the main pass's blocks: a hook on input block 1" in caplog.text

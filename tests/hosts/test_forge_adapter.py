@@ -8,7 +8,7 @@ import torch
 from asag.hosts.settings import HostOptions
 from asag.params import NOTE_KEY, PARAM_BY_INFOTEXT_KEY, AsagParams
 from tests.core.reference import reference_attention
-from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_host, inputs, make_p, reset_forge_objects  # noqa: F401
+from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_host, forge_legacy_host, inputs, make_p, reset_forge_objects  # noqa: F401
 
 SIGMA = 2.0
 CFG = 5.0
@@ -173,10 +173,10 @@ def test_replacement_runs_on_the_selected_layers_only(forge_host, monkeypatch, r
 
     all_keys = {a.patch_key for a in attn1_modules(p)}
     selected = {("middle", 0, 0), ("output", 1, 0)}
-    # With reuse the extra pass takes the input blocks, which come before the middle one, from the main pass.
-    computed = {key for key in all_keys if key[0] != "input"} if reuse else all_keys
+    # Reuse would take the input blocks from the main pass, but a replacement registered on them
+    # (which may keep state, as reference-only's does) makes the extra pass run them in full.
     assert {where for rows, where in ran if rows == (1, 0)} == all_keys  # main pass: untouched
-    assert {where for rows, where in ran if rows == (0,)} == computed - selected  # extra pass
+    assert {where for rows, where in ran if rows == (0,)} == all_keys - selected  # extra pass
     assert len(extra_passes) == 1
     attn1 = extra_passes[0]["transformer_options"]["patches_replace"]["attn1"]
     ours = {key for key, fn in attn1.items() if fn is not recorder}
@@ -347,6 +347,12 @@ def test_reforge_uses_calc_cond_batch_with_a_list_of_conds(forge_host, monkeypat
     monkeypatch.setitem(sys.modules, "ldm_patched", types.ModuleType("ldm_patched"))
     monkeypatch.setitem(sys.modules, "ldm_patched.modules", types.ModuleType("ldm_patched.modules"))
     monkeypatch.setitem(sys.modules, "ldm_patched.modules.samplers", samplers)
+    openaimodel = types.ModuleType("ldm_patched.ldm.modules.diffusionmodules.openaimodel")
+    openaimodel.SpatialTransformer = forge_host.unet_nn.SpatialTransformer
+    openaimodel.forward_timestep_embed = lambda *a, **k: None  # reForge's blocks are called through it
+    for name in ("ldm_patched.ldm", "ldm_patched.ldm.modules", "ldm_patched.ldm.modules.diffusionmodules"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, openaimodel.__name__, openaimodel)
     p = make_p(forge_host)
     start(forge_host, p)
     options = p.sd_model.forge_objects.unet.model_options
@@ -406,3 +412,28 @@ def test_layers_with_a_single_token_are_reported_and_leave_the_result_alone(forg
     note = p.extra_generation_params[NOTE_KEY]
     assert note.startswith("no effect") and "(middle)" in note and "4x4 latent" in note
     assert p.extra_generation_params["ASAG scale"] == 2.0
+
+
+@pytest.mark.parametrize("hires", ["off", "override"])
+def test_the_hires_pass_gets_its_own_settings_when_the_host_keeps_the_first_pass_patcher(forge_legacy_host, hires):
+    # Forge Classic (and old Forge) re-copy forge_objects for the hires. fix pass only when a LoRA
+    # is loaded (modules/processing.py :1293/:1406 at 5136ce20): the first pass's patched UNet
+    # survives into the hires pass, and before_sampling must take off what that pass should not have.
+    host = forge_legacy_host
+    p = make_p(host)
+    callbacks = ScriptCallbacks()
+    host.forge.register_callbacks(callbacks)
+    host.forge.start_job(p, host.job.start(p, [{"enabled": True, "scale": 2.0, "layers": "u0-2", "hires": hires,
+                                                 "hires_scale": 0.0}]))
+    host.forge.before_sampling(p)  # the first pass
+    owned = lambda: [f for name in host.forge.OWNED_LISTS  # noqa: E731
+                     for f in p.sd_model.forge_objects.unet.model_options.get(name, []) if getattr(f, host.forge.OWNED_ATTR, False)]
+    assert len(owned()) == 2
+    p.is_hr_pass = True
+    host.forge.before_sampling(p)  # the hires pass, forge_objects as the first pass left them
+    assert owned() == [] if hires == "off" else len(owned()) == 2
+    x, cond, uncond = inputs()
+    hires_step = denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, CFG)[0]
+    never_patched = denoise_step(host, make_p(host), ScriptCallbacks(), x, SIGMA, cond, uncond, CFG)[0]
+    assert torch.equal(hires_step, never_patched)  # off, or override with scale 0: the hires pass is not guided
+    host.forge.end_job(p)

@@ -1,7 +1,10 @@
 """Reuse of the main pass in the extra pass on Forge (stand-in of Forge dfdcbab over a real tiny ldm
-UNet): Forge's batch helper may put cond and uncond rows in one UNet call or split them by memory,
-and ControlNet, T2I-Adapter, block modifiers and block patches act around the blocks; the images
-must be those without reuse, with exactly the reused blocks fewer in every extra pass."""
+UNet) and on the ldm_patched backend of old Forge and Forge Classic (blocks called through
+``forward_timestep_embed``): Forge's batch helper may put cond and uncond rows in one UNet call or
+split them by memory, repeats the shorter of two contexts to a common length, and ControlNet,
+T2I-Adapter, block modifiers and block patches act around the blocks; the images must be those
+without reuse, with exactly the reused blocks fewer in every extra pass. Where a patch acts
+inside the blocks (and may keep state), the extra pass must run in full."""
 import pytest
 import torch
 
@@ -10,7 +13,7 @@ from asag.layers import resolve_layers, self_attention_modules
 from asag.reuse import WRAPPER_ATTR, blocks_before
 from tests.hosts.block_counter import BlockCounter
 from tests.hosts.control_network import ControlNetwork
-from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_host, inputs, make_p  # noqa: F401
+from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_host, forge_legacy_host, inputs, make_p  # noqa: F401
 
 SPECS = ["middle", "u0-2", "u6-8", "d1,m0", "all"]
 SIGMAS = [6.0, 3.0, 1.5, 0.7, 0.0]  # four Euler steps
@@ -50,25 +53,66 @@ def with_reference_recording(host, p):
     p.sd_model.forge_objects.unet.add_conditioning_modifier(recording_modifier)
 
 
+def plain_attention(q, k, v, extra_options):
+    heads = extra_options["n_heads"]
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
+    out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).reshape(q.shape)
+
+
+def with_a_patch_reading_transformer_index(host, p):
+    # Like IP-Adapter's weight types: an attn2 replacement (on a block never replayed) whose effect
+    # depends on transformer_index, which every block call before it advances.
+    def indexed(q, k, v, extra_options):
+        return plain_attention(q, k, v, extra_options) * (1.0 + 0.1 * extra_options["transformer_index"])
+    p.sd_model.forge_objects.unet.set_model_attn2_replace(indexed, "output", 8)
+
+
+def with_a_counting_attn1_patch(host, p):
+    # Like ControlLLLite: an attn1_patch in every transformer block that counts its calls and acts
+    # by the count; replaying blocks would skip calls and shift its state.
+    calls = p.patch_calls = [0]
+
+    def counting(n, context, value, extra_options):
+        calls[0] += 1
+        return n * (1.0 + 0.01 * (calls[0] % 5)), context, value
+    p.sd_model.forge_objects.unet.set_model_attn1_patch(counting)
+
+
+def with_a_block_inner_modifier(host, p):
+    def damp(x, flag, layer, layer_index, block, transformer_options):
+        return x * 0.98 if flag == "after" else x
+    p.sd_model.forge_objects.unet.add_block_inner_modifier(damp)
+
+
 def split_by_memory(host, p):
     # room for one chunk of rows per UNet call: cond and uncond run separately
     host.import_module("backend.memory_management").FREE_MEMORY = 1.5 * 1024 * 4 * 16 * 16 * p.batch
 
 
+# name -> (batch, CFG scale, setups, negative prompt tokens)
 LAYOUTS = {
-    "cond and uncond in one call": (1, CFG, []),
-    "batch 2": (2, CFG, []),
-    "split by memory": (2, CFG, [split_by_memory]),
-    "CFG 1 (no uncond rows)": (2, 1.0, []),
-    "ControlNet and T2I-Adapter": (2, CFG, [with_control]),
-    "block modifiers and block patches": (1, CFG, [with_modifiers_and_patches]),
-    "reference-only recording call": (1, CFG, [with_reference_recording]),
+    "cond and uncond in one call": (1, CFG, [], 7),
+    "batch 2": (2, CFG, [], 7),
+    "split by memory": (2, CFG, [split_by_memory], 7),
+    "CFG 1 (no uncond rows)": (2, 1.0, [], 7),
+    "ControlNet and T2I-Adapter": (2, CFG, [with_control], 7),
+    "block modifiers and block patches": (1, CFG, [with_modifiers_and_patches], 7),
+    "reference-only recording call": (1, CFG, [with_reference_recording], 7),
+    "two-chunk negative prompt": (1, CFG, [], 14),
+    "two-chunk negative prompt, batch 2": (2, CFG, [], 14),
+    "a patch reading transformer_index": (1, CFG, [with_a_patch_reading_transformer_index], 7),
+    "an attn1_patch counting its calls": (1, CFG, [with_a_counting_attn1_patch], 7),
+    "a block inner modifier": (1, CFG, [with_a_block_inner_modifier], 7),
 }
+# Code inside every block: the extra pass runs in full, and says why.
+COMPUTED_IN_FULL = {"an attn1_patch counting its calls": "attn1_patch runs inside the blocks",
+                    "a block inner modifier": "block_inner_modifiers runs inside the blocks"}
 
 
 def sample(host, layout, spec=None, reuse=True):
     """Euler over SIGMAS as Forge's sampler drives the CFG denoiser; returns (final x, counters, p)."""
-    batch, cond_scale, setups = LAYOUTS[layout]
+    batch, cond_scale, setups, uncond_tokens = LAYOUTS[layout]
     p = make_p(host)
     p.batch = batch
     for setup in setups:
@@ -78,7 +122,7 @@ def sample(host, layout, spec=None, reuse=True):
         host.forge.register_callbacks(callbacks)
         host.forge.start_job(p, host.job.start(p, [{"enabled": True, "scale": 2.0, "layers": spec}]), HostOptions(reuse=reuse))
         host.forge.before_sampling(p)
-    x, cond, uncond = inputs(batch=batch)
+    x, cond, uncond = inputs(batch=batch, uncond_tokens=uncond_tokens)
     counters = BlockCounter([p.sd_model.forge_objects.unet.model.diffusion_model])
     try:
         for step, (sigma, following) in enumerate(zip(SIGMAS, SIGMAS[1:])):
@@ -89,6 +133,8 @@ def sample(host, layout, spec=None, reuse=True):
         host.import_module("backend.memory_management").FREE_MEMORY = float("inf")
     if spec is not None:
         assert_nothing_left(host, p)
+        state = getattr(p, host.forge.STATE_ATTR)
+        p.reuse_reason = state.reuse.reason if state.reuse is not None else None
         host.forge.end_job(p)
     return x, counters, p
 
@@ -96,6 +142,9 @@ def sample(host, layout, spec=None, reuse=True):
 def assert_nothing_left(host, p):
     unet = p.sd_model.forge_objects.unet.model.diffusion_model
     assert not any(hasattr(m.__dict__.get("forward"), WRAPPER_ATTR) for m in unet.modules())
+    if host.legacy:
+        openaimodel = host.import_module("ldm_patched.ldm.modules.diffusionmodules.openaimodel")
+        assert not hasattr(openaimodel.forward_timestep_embed, WRAPPER_ATTR)
     state = getattr(p, host.forge.STATE_ATTR)
     assert state.reuse is None or not state.reuse._records
 
@@ -108,19 +157,45 @@ def host(forge_host):
     return forge_host
 
 
-@pytest.mark.parametrize("spec", SPECS)
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_reuse_gives_the_same_result_and_skips_exactly_the_reused_blocks(host, layout, spec):
+@pytest.fixture
+def legacy_host(forge_legacy_host):
+    import importlib
+
+    forge_legacy_host.import_module = importlib.import_module
+    return forge_legacy_host
+
+
+def check_reuse(host, layout, spec):
     base, plain, p = sample(host, layout)
-    off, counted_off, _ = sample(host, layout, spec, reuse=False)
-    on, counted_on, _ = sample(host, layout, spec, reuse=True)
+    off, counted_off, p_off = sample(host, layout, spec, reuse=False)
+    on, counted_on, p_on = sample(host, layout, spec, reuse=True)
     assert (off - base).abs().max() > 1e-3 * base.abs().max()  # ASAG changes the result measurably
     assert (on - off).abs().max() <= 1e-4 * off.abs().max()
     extra_calls = counted_on.unet_calls - plain.unet_calls
     assert extra_calls > 0 and counted_off.unet_calls == counted_on.unet_calls
     unet = p.sd_model.forge_objects.unet.model.diffusion_model
     reused = len(blocks_before(unet, resolve_layers(spec, self_attention_modules(unet))))
-    assert counted_off.block_computations - counted_on.block_computations == reused * extra_calls
+    if layout in COMPUTED_IN_FULL:
+        assert counted_off.block_computations == counted_on.block_computations
+        assert p_on.reuse_reason == COMPUTED_IN_FULL[layout]
+        if hasattr(p_on, "patch_calls"):
+            assert p_on.patch_calls == p_off.patch_calls  # the patch saw every call it sees without reuse
+    else:
+        assert counted_off.block_computations - counted_on.block_computations == reused * extra_calls
+        assert p_on.reuse_reason is None
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_reuse_gives_the_same_result_and_skips_exactly_the_reused_blocks(host, layout, spec):
+    check_reuse(host, layout, spec)
+
+
+@pytest.mark.parametrize("spec", ["middle", "u6-8"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_on_the_ldm_patched_backend_reuse_engages_through_forward_timestep_embed(legacy_host, layout, spec):
+    assert legacy_host.detect.detect_host() == legacy_host.detect.FORGE_LEGACY
+    check_reuse(legacy_host, layout, spec)
 
 
 def test_split_batches_are_really_split(host):

@@ -18,3 +18,10 @@ def test_step_benchmark_runs_its_configurations(capsys, model):
     for row in rows:
         seconds, spread, time_ratio, peak_mib, peak_ratio = map(float, row[28:].split())
         assert seconds > 0 and time_ratio > 0 and peak_ratio > 0
+
+
+def test_step_benchmark_rows_for_a_two_chunk_negative_prompt(capsys):
+    bench_step("cpu", repeats=1, latent=8, unet_params=dict(TINY_UNET, context_dim=768), model="sd15",
+               layers=("u6-8",), steps=1, negative_chunks=2)
+    names = [line.rsplit(None, 5)[0].strip() for line in capsys.readouterr().out.splitlines()[-7:]]
+    assert names[-3:] == ["CFG, 2-chunk negative", "ASAG u6-8, 2-chunk negative, full", "ASAG u6-8, 2-chunk negative, reuse"]

@@ -1,6 +1,6 @@
 """Stands for modules/sd_samplers_cfg_denoiser.py of v1.10.1: ``CFGDenoiser.forward`` with its
 batch layout (cond rows per image, then all uncond rows), callback order and read-back,
-skip-uncond (NGMS / skip early CFG), cond padding, ``batch_cond_uncond`` chunking, edit models,
+skip-uncond (NGMS / skip early CFG), cond padding (pad_cond_uncond and pad_cond_uncond_v0), ``batch_cond_uncond`` chunking, edit models,
 ``combine_denoised`` and the inpaint mask blend."""
 import torch
 
@@ -86,6 +86,22 @@ class CFGDenoiser(torch.nn.Module):
             self.padded_cond_uncond = True
         return cond, uncond
 
+    def pad_cond_uncond_v0(self, cond, uncond):
+        is_dict_cond = isinstance(uncond, dict)
+        uncond_vec = uncond["crossattn"] if is_dict_cond else uncond
+        if uncond_vec.shape[1] < cond.shape[1]:
+            last_vector = uncond_vec[:, -1:]
+            uncond_vec = torch.hstack([uncond_vec, last_vector.repeat([1, cond.shape[1] - uncond_vec.shape[1], 1])])
+            self.padded_cond_uncond_v0 = True
+        elif uncond_vec.shape[1] > cond.shape[1]:
+            uncond_vec = uncond_vec[:, :cond.shape[1]]
+            self.padded_cond_uncond_v0 = True
+        if is_dict_cond:
+            uncond["crossattn"] = uncond_vec
+        else:
+            uncond = uncond_vec
+        return cond, uncond
+
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         if state.interrupted or state.skipped:
             raise sd_samplers_common.InterruptedException
@@ -146,7 +162,10 @@ class CFGDenoiser(torch.nn.Module):
             sigma_in = sigma_in[:-batch_size]
 
         self.padded_cond_uncond = False
-        if opts.pad_cond_uncond and tensor.shape[1] != uncond.shape[1]:
+        self.padded_cond_uncond_v0 = False
+        if opts.pad_cond_uncond_v0 and tensor.shape[1] != uncond.shape[1]:
+            tensor, uncond = self.pad_cond_uncond_v0(tensor, uncond)
+        elif opts.pad_cond_uncond and tensor.shape[1] != uncond.shape[1]:
             tensor, uncond = self.pad_cond_uncond(tensor, uncond)
 
         if tensor.shape[1] == uncond.shape[1] or skip_uncond:

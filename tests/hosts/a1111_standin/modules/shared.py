@@ -10,6 +10,8 @@ opts = SimpleNamespace(
     live_preview_content="Prompt",
 )
 
+cmd_opts = SimpleNamespace(lowvram=False, medvram=False)  # modules/shared_cmd_options.py: the launch flags
+
 
 class State:
     interrupted = False

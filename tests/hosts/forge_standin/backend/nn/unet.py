@@ -135,26 +135,33 @@ def spatial_transformer(module, x, context=None, transformer_options={}):
     return x + x_in
 
 
+def run_block_layers(block, x, emb, context=None, transformer_options={}, output_shape=None):
+    """The body of Forge's ``TimestepEmbedSequential.forward`` (and of ldm_patched's
+    ``forward_timestep_embed``): the block's layers, block_inner_modifiers around each, and
+    ``transformer_index`` counted per SpatialTransformer."""
+    block_inner_modifiers = transformer_options.get("block_inner_modifiers", [])
+    for layer_index, layer in enumerate(block):
+        for modifier in block_inner_modifiers:
+            x = modifier(x, "before", layer, layer_index, block, transformer_options)
+        if isinstance(layer, TimestepBlock):
+            x = layer(x, emb)
+        elif isinstance(layer, SpatialTransformer):
+            x = spatial_transformer(layer, x, context, transformer_options)
+            if "transformer_index" in transformer_options:
+                transformer_options["transformer_index"] += 1
+        else:
+            x = layer(x)  # ldm's Upsample takes no output_shape: sizes here are powers of two
+        for modifier in block_inner_modifiers:
+            x = modifier(x, "after", layer, layer_index, block, transformer_options)
+    return x
+
+
 class TimestepEmbedSequential(openaimodel.TimestepEmbedSequential):
     """Forge's block class: the ldm block's layers, Forge's call signature (``forge_blocks``
     gives a real ldm UNet's blocks this class, as Forge builds its UNet from its own)."""
 
     def forward(self, x, emb, context=None, transformer_options={}, output_shape=None):
-        block_inner_modifiers = transformer_options.get("block_inner_modifiers", [])
-        for layer_index, layer in enumerate(self):
-            for modifier in block_inner_modifiers:
-                x = modifier(x, "before", layer, layer_index, self, transformer_options)
-            if isinstance(layer, TimestepBlock):
-                x = layer(x, emb)
-            elif isinstance(layer, SpatialTransformer):
-                x = spatial_transformer(layer, x, context, transformer_options)
-                if "transformer_index" in transformer_options:
-                    transformer_options["transformer_index"] += 1
-            else:
-                x = layer(x)  # ldm's Upsample takes no output_shape: sizes here are powers of two
-            for modifier in block_inner_modifiers:
-                x = modifier(x, "after", layer, layer_index, self, transformer_options)
-        return x
+        return run_block_layers(self, x, emb, context, transformer_options, output_shape)
 
 
 def forge_unet(unet):
@@ -165,8 +172,15 @@ def forge_unet(unet):
     return unet
 
 
-def unet_forward(unet, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
-    """Forge's UNet forward over the ldm UNetModel ``unet`` (its blocks made Forge's by ``forge_unet``)."""
+def call_block(block, *args):
+    return block(*args)
+
+
+def unet_forward(unet, x, timesteps=None, context=None, y=None, control=None, transformer_options={},
+                 call_block=call_block, **kwargs):
+    """Forge's UNet forward over the ldm UNetModel ``unet`` (its blocks made Forge's by ``forge_unet``).
+    ``call_block(block, h, emb, context, transformer_options[, output_shape])``: how the UNet calls
+    a block (ldm_patched's UNet calls ``forward_timestep_embed``, not the block)."""
     transformer_options["original_shape"] = list(x.shape)
     transformer_options["transformer_index"] = 0
     transformer_patches = transformer_options.get("patches", {})
@@ -180,7 +194,7 @@ def unet_forward(unet, x, timesteps=None, context=None, y=None, control=None, tr
         transformer_options["block"] = ("input", id)
         for block_modifier in block_modifiers:
             h = block_modifier(h, "before", transformer_options)
-        h = module(h, emb, context, transformer_options)
+        h = call_block(module, h, emb, context, transformer_options)
         h = apply_control(h, control, "input")
         for block_modifier in block_modifiers:
             h = block_modifier(h, "after", transformer_options)
@@ -192,7 +206,7 @@ def unet_forward(unet, x, timesteps=None, context=None, y=None, control=None, tr
     transformer_options["block"] = ("middle", 0)
     for block_modifier in block_modifiers:
         h = block_modifier(h, "before", transformer_options)
-    h = unet.middle_block(h, emb, context, transformer_options)
+    h = call_block(unet.middle_block, h, emb, context, transformer_options)
     h = apply_control(h, control, "middle")
     for block_modifier in block_modifiers:
         h = block_modifier(h, "after", transformer_options)
@@ -207,7 +221,7 @@ def unet_forward(unet, x, timesteps=None, context=None, y=None, control=None, tr
         output_shape = hs[-1].shape if len(hs) > 0 else None
         for block_modifier in block_modifiers:
             h = block_modifier(h, "before", transformer_options)
-        h = module(h, emb, context, transformer_options, output_shape)
+        h = call_block(module, h, emb, context, transformer_options, output_shape)
         for block_modifier in block_modifiers:
             h = block_modifier(h, "after", transformer_options)
     transformer_options["block"] = ("last", 0)

@@ -1,6 +1,8 @@
 # Stand-in for lllyasviel/stable-diffusion-webui-forge backend/sampling/condition.py at
 # dfdcbab685e57677014f05a3309b48cc87383167: Condition, ConditionCrossAttn and compile_conditions
 # for plain tensor (SD1-style) conditioning. Dict (SDXL) conditioning is not modelled.
+# Kept faithful: prompts of different lengths batch together (up to a 4x length ratio), the
+# shorter contexts repeated to the least common multiple of the lengths.
 import math
 
 import torch
@@ -14,12 +16,19 @@ def repeat_to_batch_size(tensor, batch_size):
     return tensor
 
 
+def lcm(a, b):
+    return abs(a * b) // math.gcd(a, b)
+
+
 class Condition:
     def __init__(self, cond):
         self.cond = cond
 
+    def _copy_with(self, cond):
+        return self.__class__(cond)
+
     def process_cond(self, batch_size, device, **kwargs):
-        return type(self)(repeat_to_batch_size(self.cond, batch_size).to(device))
+        return self._copy_with(repeat_to_batch_size(self.cond, batch_size).to(device))
 
     def can_concat(self, other):
         return self.cond.shape == other.cond.shape
@@ -30,8 +39,22 @@ class Condition:
 
 class ConditionCrossAttn(Condition):
     def can_concat(self, other):
-        # Forge also pads prompts of different lengths to a common multiple; equal shapes suffice here.
-        return self.cond.shape == other.cond.shape
+        s1, s2 = self.cond.shape, other.cond.shape
+        if s1 != s2:
+            if s1[0] != s2[0] or s1[2] != s2[2]:
+                return False
+            if lcm(s1[1], s2[1]) // min(s1[1], s2[1]) > 4:
+                return False
+        return True
+
+    def concat(self, others):
+        conds = [self.cond]
+        crossattn_max_len = self.cond.shape[1]
+        for x in others:
+            crossattn_max_len = lcm(crossattn_max_len, x.cond.shape[1])
+            conds.append(x.cond)
+        return torch.cat([c.repeat(1, crossattn_max_len // c.shape[1], 1) if c.shape[1] < crossattn_max_len else c
+                          for c in conds])
 
 
 def compile_conditions(cond):

@@ -1,0 +1,17 @@
+# Stand-in for ldm_patched/modules/samplers.py of old Forge (lllyasviel/stable-diffusion-webui-forge
+# af0b04cc) and Forge Classic (Haoming02/sd-webui-forge-classic 5136ce20, samplers.py:175):
+# calc_cond_uncond_batch has the signature and behaviour of new Forge's (forge-and-controlnet.md
+# A.5: "Old Forge: same function and behaviour; only the imports differ"), so the new Forge
+# stand-in's sampling_function.py is loaded here under this package's name. No calc_cond_batch:
+# that is reForge's (detect.py tells the two apart by it).
+import importlib.util
+from pathlib import Path
+
+_SOURCE = Path(__file__).resolve().parents[3] / "forge_standin" / "backend" / "sampling" / "sampling_function.py"
+_spec = importlib.util.spec_from_file_location("ldm_patched.modules._sampling_function", _SOURCE)
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+
+calc_cond_uncond_batch = _module.calc_cond_uncond_batch
+sampling_function_inner = _module.sampling_function_inner
+sampling_function = _module.sampling_function

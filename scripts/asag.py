@@ -6,9 +6,11 @@ This file only reads the controls, hands them on, and registers callbacks once a
 from modules import script_callbacks, scripts, shared  # "import scripts", not "from ... import Script": see a1111.md 1.1
 
 from asag.hosts import detect, infotext, job, settings, xyz
+from asag.log import logger
 
 HOST = detect.detect_host()
 ADAPTER = detect.adapter_for(HOST)
+logger.info("running on %s", detect.host_name(HOST))
 
 
 class AsagScript(scripts.Script):

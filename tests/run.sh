@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
 STAMP="$VENV/.asag-env"
-WANT=$(cat tests/run.sh tests/requirements.txt tests/requirements-ui-gradio3.txt tests/requirements-ui-gradio4.txt | sha256sum | cut -c1-16)
+WANT=$(cat tests/run.sh tests/requirements.txt tests/requirements-ui-gradio*.txt | sha256sum | cut -c1-16)
 
 # The UI tests (tests/ui/) drive Debian's chromium through Playwright; CI runs as root.
 if [ ! -x /usr/bin/chromium ]; then
@@ -15,9 +15,10 @@ fi
 
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   rm -rf "$VENV"
-  # The UI tests' two gradio venvs (A1111's 3.41.2, Forge's 4.40.0; no torch), installed alongside.
+  # The UI tests' gradio venvs (A1111's 3.41.2, Forge's 4.40.0, Forge Classic's 3.43.2; no torch),
+  # installed alongside.
   UI_PIDS=""
-  for G in 3 4; do
+  for G in 3 4 3-classic; do
     ( rm -rf ".venv-gradio$G" && python3.11 -m venv ".venv-gradio$G" \
       && ".venv-gradio$G/bin/python" -m pip install --quiet --disable-pip-version-check -r "tests/requirements-ui-gradio$G.txt" ) &
     UI_PIDS="$UI_PIDS $!"

@@ -124,7 +124,7 @@ def end_job(p) -> None:
         return
     state.stop_recording()
     if state.diagnostics is not None:
-        logger.info("diagnostics: %s", state.diagnostics.summary())
+        job.log_diagnostics(state.diagnostics)
     ACTIVE.state = None
 
 

@@ -14,6 +14,13 @@ FORGE_LEGACY = "forge-legacy"  # ldm_patched + modules_forge: Forge up to 2024-0
 REFORGE = "reforge"  # reForge main: ComfyUI-synced ldm_patched with calc_cond_batch
 FORGE_FAMILY = (FORGE, FORGE_LEGACY, REFORGE)
 
+# What the console and the diagnostics call each host. Haoming02's Forge lines name themselves in
+# modules_forge/forge_version.py (``version = "neo"`` / ``"classic"``; lllyasviel's Forge keeps a
+# version number there), which is a name, not a version: the behaviour still follows the probes.
+BACKEND_NAMES = {A1111: "ldm", FORGE: "backend", FORGE_LEGACY: "ldm_patched", REFORGE: "ldm_patched, ComfyUI batching"}
+HOST_NAMES = {A1111: "A1111", FORGE: "Forge", FORGE_LEGACY: "Forge", REFORGE: "reForge"}
+FORGE_LINES = {"neo": "Forge Neo", "classic": "Forge Classic"}
+
 
 def _importable(name: str):
     try:
@@ -32,6 +39,16 @@ def detect_host() -> str:
     if samplers is None:
         return A1111
     return REFORGE if hasattr(samplers, "calc_cond_batch") else FORGE_LEGACY
+
+
+def host_name(host: str) -> str:
+    """The host and its backend as the user knows them: "Forge Neo (backend)", "Forge Classic
+    (ldm_patched)", "Forge (backend)", "reForge (ldm_patched, ComfyUI batching)", "A1111 (ldm)"."""
+    name = HOST_NAMES[host]
+    if host in FORGE_FAMILY:
+        line = getattr(_importable("modules_forge.forge_version"), "version", None)
+        name = FORGE_LINES.get(line, name)
+    return f"{name} ({BACKEND_NAMES[host]})"
 
 
 def adapter_for(host: str):

@@ -153,7 +153,7 @@ def end_job(p) -> None:
     if state is not None:
         state.stop_recording()
         if state.diagnostics is not None:
-            logger.info("diagnostics: %s", state.diagnostics.summary())
+            job.log_diagnostics(state.diagnostics)
     setattr(p, STATE_ATTR, None)
 
 
@@ -188,8 +188,9 @@ def before_sampling(p) -> None:
     # 3-tuple keys: Forge tries (block, id, index) before (block, id), and reference-only
     # registers 3-tuple keys on every layer, which would shadow 2-tuple ones.
     keys = [address.patch_key for address in selected]
-    _put_first(unet.model_options, "sampler_pre_cfg_function", _pre_cfg_function(host, state))
-    _put_first(unet.model_options, "sampler_post_cfg_function", _post_cfg_function(p, params, state, keys, _cond_prediction(host)))
+    post_cfg = _post_cfg_function(p, params, state, keys, _cond_prediction(host))
+    _put_first(unet.model_options, "sampler_pre_cfg_function", _pre_cfg_function(host, state, post_cfg))
+    _put_first(unet.model_options, "sampler_post_cfg_function", post_cfg)
     sd_model.forge_objects.unet = unet
     logger.debug("%s: extra pass with Sinkhorn attn1 at %s", host, ", ".join(map(str, keys)))
 
@@ -213,8 +214,11 @@ def _put_first(model_options: dict, name: str, function) -> None:
     model_options[name] = [function, *others]
 
 
-def _pre_cfg_function(host: str, state: ForgeJob):
-    """A pre-CFG function that only tells ``state`` which call is running (see ``note_call_input``)."""
+def _pre_cfg_function(host: str, state: ForgeJob, post_cfg):
+    """A pre-CFG function that tells ``state`` which call is running (see ``note_call_input``) and,
+    where the host lets it, keeps ``post_cfg`` in the step's post-CFG list: Forge Classic merges a
+    sampler's model options into the UNet's by ``dict.update``, so the CFG++ samplers' own
+    post-CFG list would replace the one ASAG's function is in (forge_sampler.py ``forge_sample``)."""
     if host == detect.REFORGE:  # ComfyUI form: one dict, runs after the batch, returns the outputs
         def asag_pre_cfg(args):
             state.note_call_input(args["input"])
@@ -222,6 +226,9 @@ def _pre_cfg_function(host: str, state: ForgeJob):
     else:
         def asag_pre_cfg(model, cond, uncond, x, timestep, model_options):
             state.note_call_input(x)
+            if post_cfg not in model_options.get("sampler_post_cfg_function", []):
+                model_options = dict(model_options)
+                _put_first(model_options, "sampler_post_cfg_function", post_cfg)
             return model, cond, uncond, x, timestep, model_options
     return asag_pre_cfg
 

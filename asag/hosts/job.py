@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..layers import single_token_only
 from ..log import logger
 from ..params import NOTE_KEY, PARAMS, AsagParams
-from . import infotext
+from . import detect, infotext
 
 XYZ_ATTR_PREFIX = "asag_"  # X/Y/Z axes set p.asag_<param name> on their (shallow) copy of p
 
@@ -82,3 +82,8 @@ def note_full_extra_pass(p, reuse, reused_blocks: int) -> None:
     if reuse.reason not in said:
         said.add(reuse.reason)
         logger.info("the extra pass is computed in full, without the main pass's blocks: %s", reuse.reason)
+
+
+def log_diagnostics(diagnostics) -> None:
+    """The generation's diagnostics line, naming the host and backend it ran on."""
+    logger.info("diagnostics on %s: %s", detect.host_name(detect.detect_host()), diagnostics.summary())

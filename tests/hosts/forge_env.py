@@ -1,6 +1,7 @@
 """Test host for the Forge adapter: the stand-in Forge modules (tests/hosts/forge_standin) on
-sys.path for the duration of one test (with tests/hosts/forge_legacy_standin for the ldm_patched
-backend of old Forge and Forge Classic), a tiny real ldm UNet behind Forge's patcher, and a driver
+sys.path for the duration of one test, with those of Forge Neo (forge_neo_standin) or of the
+ldm_patched backend of old Forge and Forge Classic (forge_legacy_standin, forge_classic_standin)
+in front where the test runs on those lines, a tiny real ldm UNet behind Forge's patcher, and a driver
 for one denoiser step as Forge's CFGDenoiser.forward makes it (modules/sd_samplers_cfg_denoiser.py
 at dfdcbab: build CFGDenoiserParams from the raw latent, run the on_cfg_denoiser callbacks, call
 sampling_function)."""
@@ -14,10 +15,23 @@ import torch
 
 from tests.models import CONTEXT_DIM, tiny_unet
 
-STANDIN = str(Path(__file__).with_name("forge_standin"))
-LEGACY_STANDIN = str(Path(__file__).with_name("forge_legacy_standin"))
+HERE = Path(__file__).parent
+STANDIN = str(HERE / "forge_standin")
+LEGACY_STANDIN = str(HERE / "forge_legacy_standin")
+NEO_STANDIN = str(HERE / "forge_neo_standin")
+CLASSIC_STANDIN = str(HERE / "forge_classic_standin")
 STANDIN_PACKAGES = ("backend", "modules_forge", "ldm_patched")
 NEW_BACKEND_SAMPLING = "backend.sampling.sampling_function"
+
+# The Forge lines, each as its stand-ins (searched first to last) and what ASAG's console calls it.
+# "forge-legacy" and "classic" run the ldm_patched backend: new Forge's sampling module is made
+# unimportable, as those hosts have no backend/, and blocks are called as they call them.
+LINES = {
+    "forge": dict(paths=[STANDIN], legacy=False, name="Forge (backend)"),
+    "neo": dict(paths=[NEO_STANDIN, STANDIN], legacy=False, name="Forge Neo (backend)"),
+    "forge-legacy": dict(paths=[STANDIN, LEGACY_STANDIN], legacy=True, name="Forge (ldm_patched)"),
+    "classic": dict(paths=[CLASSIC_STANDIN, STANDIN, LEGACY_STANDIN], legacy=True, name="Forge Classic (ldm_patched)"),
+}
 
 
 def _drop_standin_modules():
@@ -26,13 +40,11 @@ def _drop_standin_modules():
             del sys.modules[name]
 
 
-def _host(legacy: bool):
-    """The stand-in Forge on sys.path; everything it put in sys.modules is removed afterwards.
-    ``legacy``: the ldm_patched backend (old Forge, Forge Classic): new Forge's sampling module is
-    made unimportable, as those hosts have no backend/, and blocks are called as they call them."""
+def _host(line: str):
+    """The stand-in of one Forge line on sys.path; everything it put in sys.modules is removed afterwards."""
     _drop_standin_modules()
-    paths = [STANDIN, LEGACY_STANDIN] if legacy else [STANDIN]
-    for path in paths:
+    paths, legacy = LINES[line]["paths"], LINES[line]["legacy"]
+    for path in reversed(paths):
         sys.path.insert(0, path)
     if legacy:
         sys.modules[NEW_BACKEND_SAMPLING] = None  # import raises ImportError
@@ -41,6 +53,8 @@ def _host(legacy: bool):
     torch.set_num_threads(1)
     try:
         yield SimpleNamespace(
+            line=line,
+            name=LINES[line]["name"],
             legacy=legacy,
             forge=importlib.import_module("asag.hosts.forge"),
             job=importlib.import_module("asag.hosts.job"),
@@ -57,14 +71,29 @@ def _host(legacy: bool):
         _drop_standin_modules()
 
 
-@pytest.fixture
-def forge_host():
-    yield from _host(legacy=False)
+# Every Forge test runs on lllyasviel's Forge and on Forge Neo (the backend/ lines), and on old
+# Forge and Forge Classic (the ldm_patched lines).
+@pytest.fixture(params=["forge", "neo"])
+def forge_host(request):
+    yield from _host(request.param)
 
 
-@pytest.fixture
-def forge_legacy_host():
-    yield from _host(legacy=True)
+@pytest.fixture(params=["forge-legacy", "classic"])
+def forge_legacy_host(request):
+    yield from _host(request.param)
+
+
+@pytest.fixture(params=sorted(LINES))
+def forge_line_host(request):
+    """Every Forge line, for the few tests that need all four at once (also taken indirectly, with
+    the line as the parameter: ``@pytest.mark.parametrize("forge_line_host", [...], indirect=True)``)."""
+    yield from _host(request.param)
+
+
+@pytest.fixture(params=["neo", "classic"])
+def haoming_line_host(request):
+    """Haoming02's maintained lines: what they alone have (CFG++ samplers, their XYZ, their quirks)."""
+    yield from _host(request.param)
 
 
 class ScriptCallbacks:
@@ -88,12 +117,17 @@ def _fill_zero_initialised(unet, seed):
     return unet
 
 
-def make_p(host, *, seed=0, layout_flags=("is_sd1",)):
-    unet = _fill_zero_initialised(tiny_unet("sd1", seed=seed), seed)
+def make_p(host, *, seed=0, layout_flags=("is_sd1",), inpaint=False):
+    """``inpaint``: an inpainting model (9 input channels: latent, mask, masked latent)."""
+    unet = _fill_zero_initialised(tiny_unet("sd1", seed=seed, in_channels=9 if inpaint else 4), seed)
     patcher = host.patcher.UnetPatcher(host.k_model.KModel(unet))
     if host.legacy:
         importlib.import_module("ldm_patched.ldm.modules.diffusionmodules.openaimodel").legacy_unet(unet)
-    flags = {flag: flag in layout_flags for flag in ("is_sd1", "is_sd2", "is_sdxl", "is_sd3")}
+    # Forge Neo's engine (backend/diffusion_engine/base.py:36, :83-85) has no is_sd2, and is_inpaint.
+    names = ("is_sd1", "is_sdxl", "is_wan") if host.line == "neo" else ("is_sd1", "is_sd2", "is_sdxl", "is_sd3")
+    flags = {flag: flag in layout_flags for flag in names}
+    if host.line == "neo":
+        flags["is_inpaint"] = inpaint
     sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=patcher), **flags)
     return SimpleNamespace(sd_model=sd_model, extra_generation_params={}, is_hr_pass=False, seeds=[seed])
 
@@ -113,13 +147,21 @@ def inputs(seed=1, batch=1, uncond_tokens=7):
     return x, cond, uncond
 
 
-def denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=0, total=10):
-    """One CFGDenoiser.forward step; returns (denoised, cond_pred, uncond_pred)."""
+def denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=0, total=10, model_options=None, image_cond=None):
+    """One CFGDenoiser.forward step; returns (denoised, cond_pred, uncond_pred). ``model_options``:
+    what a sampler sends in its extra args (the CFG++ samplers of Neo and Classic); each line hands
+    them on as its CFGDenoiser does (lllyasviel's Forge and old Forge have no such sampler)."""
     denoiser = SimpleNamespace(inner_model=SimpleNamespace(inner_model=p.sd_model), p=p)
     sigmas = torch.full((x.shape[0],), float(sigma))
-    params = SimpleNamespace(x=x, image_cond=None, sigma=sigmas, sampling_step=step, total_sampling_steps=total,
+    params = SimpleNamespace(x=x, image_cond=image_cond, sigma=sigmas, sampling_step=step, total_sampling_steps=total,
                              text_cond=cond, text_uncond=uncond, denoiser=denoiser)
     for callback in callbacks.cfg_denoiser:
         callback(params)
     with torch.no_grad():
+        if host.line == "neo":
+            return host.sampling.sampling_function(denoiser, params, cond_scale, None, extra_model_options=model_options)
+        if host.line == "classic":
+            sampler = importlib.import_module("modules_forge.forge_sampler")
+            return sampler.cfg_denoiser_sample(denoiser, params, cond_scale, None, model_options=model_options)
+        assert model_options is None, f"{host.line} has no sampler that sends model options"
         return host.sampling.sampling_function(denoiser, params, cond_scale, None)

@@ -283,8 +283,8 @@ def test_diagnostics_are_logged_per_generation_when_enabled(host, caplog):
         host.generate([{"enabled": True, "scale": SCALE, "start": 0.5}], **SCENARIOS["dpm++ 2m"])
     finally:
         del host.shared.opts.asag_diagnostics
-    line = next(l for l in caplog.text.splitlines() if "diagnostics:" in l)
-    assert "2 extra passes" in line and "NaN values 0" in line
+    line = next(l for l in caplog.text.splitlines() if "diagnostics on " in l)
+    assert "diagnostics on A1111 (ldm): 2 extra passes" in line and "NaN values 0" in line
     entropy = float(line.split("plan row entropy ")[1].split()[0])
     assert 0.0 < entropy <= 1.0
 

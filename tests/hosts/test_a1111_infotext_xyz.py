@@ -86,14 +86,50 @@ class FakeXYZModule:
         self.axis_options = [self.AxisOption("Seed", int, None)]
 
 
-@pytest.fixture
-def xyz_module(monkeypatch):
-    module = FakeXYZModule()
+class FakeClassicXYZModule:
+    """Forge Classic's X/Y/Z (Haoming02 5136ce20): the script moved to
+    extensions-builtin/xyz/scripts/xyz_grid.py (loaded under the same module name), its AxisOption
+    and the tab-specific subclasses to lib_xyz/classes.py:7-37, and ``axis_options`` is the very list
+    ``lib_xyz.builtins.builtin_options`` (xyz_grid.py:36). Each tab lists the options whose type is
+    exactly AxisOption, or whose ``is_img2img`` matches the tab (xyz_grid.py:42)."""
+
+    AxisOption = FakeXYZModule.AxisOption
+
+    class AxisOptionImg2Img(FakeXYZModule.AxisOption):
+        is_img2img = True
+
+    class AxisOptionTxt2Img(FakeXYZModule.AxisOption):
+        is_img2img = False
+
+    def __init__(self):
+        self.builtin_options = [self.AxisOption("Seed", int, None), self.AxisOptionImg2Img("Denoising", float, None),
+                                self.AxisOptionTxt2Img("Hires steps", int, None)]
+        self.axis_options = self.builtin_options
+
+    def tab_options(self, is_img2img):
+        return [x for x in self.axis_options if type(x) is self.AxisOption or x.is_img2img == is_img2img]
+
+
+def _install_xyz(monkeypatch, module):
     fake_scripts = SimpleNamespace(scripts_data=[SimpleNamespace(script_class=type("Script", (), {"__module__": "xyz_grid.py"}), module=module)])
     import sys
     monkeypatch.setitem(sys.modules, "modules", SimpleNamespace(scripts=fake_scripts))
     monkeypatch.setitem(sys.modules, "modules.scripts", fake_scripts)
     return module
+
+
+@pytest.fixture
+def xyz_module(monkeypatch):
+    return _install_xyz(monkeypatch, FakeXYZModule())
+
+
+def test_forge_classic_xyz_lists_the_axes_on_both_tabs(monkeypatch):
+    module = _install_xyz(monkeypatch, FakeClassicXYZModule())
+    xyz.add_axes()
+    expected = [xyz.AXIS_PREFIX + s.label for s in PARAMS if s.xyz]
+    for is_img2img in (False, True):
+        assert [o.label for o in module.tab_options(is_img2img) if o.label.startswith("[ASAG]")] == expected
+    assert module.builtin_options is module.axis_options  # extended in place, as the script reads it
 
 
 def test_axes_cover_every_numeric_and_choice_parameter_once(xyz_module):

@@ -187,7 +187,7 @@ def test_diagnostics_report_the_reuse(host, caplog):
     caplog.set_level("INFO", logger="asag")
     with options(host, asag_diagnostics=True):
         generate(host, "batch 1", "middle")
-    line = next(l for l in caplog.text.splitlines() if "diagnostics:" in l)
+    line = next(l for l in caplog.text.splitlines() if "diagnostics on " in l)
     blocks = len(unet_blocks(host.models["sd1"].model.diffusion_model))
     assert f"3 of 3 extra passes took {reused_blocks(host, 'sd1', 'middle')} of the UNet's {blocks} blocks" in line
 
@@ -216,7 +216,7 @@ def test_diagnostics_say_none_and_why_when_nothing_was_reused(host, caplog):
             generate(host, "batch 1", "middle")
     finally:
         handle.remove()
-    line = next(l for l in caplog.text.splitlines() if "diagnostics:" in l)
+    line = next(l for l in caplog.text.splitlines() if "diagnostics on " in l)
     assert "none of the 3 extra passes took blocks from the main pass; computed in full: a hook on input block 1" in line
     assert "nan" not in line
     assert "the extra pass is computed in full, without the main pass's blocks: a hook on input block 1" in caplog.text

@@ -4,7 +4,8 @@ import sys
 import types
 from pathlib import Path
 
-from tests.hosts.forge_env import forge_host  # noqa: F401  (fixture)
+from tests.hosts.a1111_harness import WebUI
+from tests.hosts.forge_env import forge_host, forge_legacy_host  # noqa: F401  (fixtures)
 
 ASAG = Path(__file__).resolve().parents[2] / "asag"
 
@@ -42,6 +43,34 @@ def test_a1111_when_no_forge_module_is_importable():
 
     assert "backend" not in sys.modules and "modules_forge" not in sys.modules
     assert detect.detect_host() == "a1111"
+
+
+def test_each_forge_line_is_named_with_its_backend(forge_host):
+    """Forge Neo by its own line name, lllyasviel's Forge by its backend (its forge_version is a number)."""
+    assert forge_host.detect.host_name(forge_host.detect.detect_host()) == forge_host.name
+
+
+def test_each_ldm_patched_line_is_named_with_its_backend(forge_legacy_host):
+    detect = forge_legacy_host.detect
+    assert detect.detect_host() == "forge-legacy"  # Classic runs old Forge's backend: the same code paths
+    assert detect.host_name(detect.detect_host()) == forge_legacy_host.name
+
+
+def test_reforge_and_a1111_names(forge_host, monkeypatch):
+    _fake_ldm_patched(monkeypatch, with_calc_cond_batch=True)
+    monkeypatch.setitem(sys.modules, "modules_forge.forge_version", types.SimpleNamespace(version="1.0"))
+    assert forge_host.detect.host_name(forge_host.detect.detect_host()) == "reForge (ldm_patched, ComfyUI batching)"
+    assert forge_host.detect.host_name("a1111") == "A1111 (ldm)"
+
+
+def test_the_console_names_the_host_when_the_extension_loads(caplog):
+    caplog.set_level("INFO", logger="asag")
+    webui = WebUI()
+    try:
+        webui.load_extension()
+    finally:
+        webui.close()
+    assert "running on A1111 (ldm)" in caplog.text
 
 
 def test_every_forge_family_host_gets_the_forge_adapter(forge_host):

@@ -13,7 +13,7 @@ from asag.layers import resolve_layers, self_attention_modules
 from asag.reuse import WRAPPER_ATTR, blocks_before
 from tests.hosts.block_counter import BlockCounter
 from tests.hosts.control_network import ControlNetwork
-from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_host, forge_legacy_host, inputs, make_p  # noqa: F401
+from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_host, forge_line_host, inputs, make_p  # noqa: F401
 
 SPECS = ["middle", "u0-2", "u6-8", "d1,m0", "all"]
 SIGMAS = [6.0, 3.0, 1.5, 0.7, 0.0]  # four Euler steps
@@ -157,14 +157,6 @@ def host(forge_host):
     return forge_host
 
 
-@pytest.fixture
-def legacy_host(forge_legacy_host):
-    import importlib
-
-    forge_legacy_host.import_module = importlib.import_module
-    return forge_legacy_host
-
-
 def check_reuse(host, layout, spec):
     base, plain, p = sample(host, layout)
     off, counted_off, p_off = sample(host, layout, spec, reuse=False)
@@ -185,17 +177,21 @@ def check_reuse(host, layout, spec):
         assert p_on.reuse_reason is None
 
 
-@pytest.mark.parametrize("spec", SPECS)
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_reuse_gives_the_same_result_and_skips_exactly_the_reused_blocks(host, layout, spec):
-    check_reuse(host, layout, spec)
+# lllyasviel's Forge over every spec; the other lines over the default and an output-side one: they
+# reach the same reuse code, through Neo's joined options and clone, or through the ldm_patched
+# UNet's forward_timestep_embed (old Forge, Forge Classic).
+RUNS = [("forge", spec) for spec in SPECS] + [(line, spec) for line in ("neo", "forge-legacy", "classic") for spec in ("middle", "u6-8")]
 
 
-@pytest.mark.parametrize("spec", ["middle", "u6-8"])
+@pytest.mark.parametrize("forge_line_host, spec", RUNS, indirect=["forge_line_host"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_on_the_ldm_patched_backend_reuse_engages_through_forward_timestep_embed(legacy_host, layout, spec):
-    assert legacy_host.detect.detect_host() == legacy_host.detect.FORGE_LEGACY
-    check_reuse(legacy_host, layout, spec)
+def test_reuse_gives_the_same_result_and_skips_exactly_the_reused_blocks(forge_line_host, layout, spec):
+    import importlib
+
+    forge_line_host.import_module = importlib.import_module
+    if forge_line_host.legacy:
+        assert forge_line_host.detect.detect_host() == forge_line_host.detect.FORGE_LEGACY
+    check_reuse(forge_line_host, layout, spec)
 
 
 def test_split_batches_are_really_split(host):

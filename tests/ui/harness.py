@@ -1,11 +1,12 @@
 """Builds the ASAG UI block under a given gradio, and (gradio 3) shows it in headless Chromium.
 
 Runs inside one of the gradio venvs that tests/run.sh makes (``.venv-gradio3``: the WebUI's
-gradio 3.41.2 and Playwright; ``.venv-gradio4``: Forge's gradio 4.40.0), which have no torch.
-The pytest tests in this folder start it as a subprocess and read the JSON it prints:
+gradio 3.41.2 and Playwright; ``.venv-gradio4``: Forge's gradio 4.40.0; ``.venv-gradio3-classic``:
+Forge Classic's gradio 3.43.2), which have no torch. The pytest tests in this folder start it as a
+subprocess and read the JSON it prints:
 
-    python tests/ui/harness.py describe
-    python tests/ui/harness.py browser [--screenshot-dir DIR]
+    python tests/ui/harness.py describe --host HOST
+    python tests/ui/harness.py browser --host HOST [--screenshot-dir DIR]
 
 ``asag/__init__.py`` re-exports the torch core, so the package is entered without running it:
 the UI chain (params, hosts.ui, hosts.hints, hosts.settings, layers) needs no torch, and as these
@@ -260,13 +261,16 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 JS_STANDIN = os.path.join(HERE, "standin", "js")
 
 
-def page_scripts() -> str:
+def page_scripts(host: str) -> str:
     """The <script> tags the WebUI puts into <head> (modules/ui_gradio_extensions.py
     javascript_html): the localization table, script.js, then every javascript/*.js, the host's
     own first and then each extension's, sorted by file name, as classic scripts. They are
-    inlined here; the order and the global scope are the same."""
-    files = [os.path.join(JS_STANDIN, "script.js")]
-    files += sorted(os.path.join(JS_STANDIN, f) for f in os.listdir(JS_STANDIN) if f.endswith(".js") and f != "script.js")
+    inlined here; the order and the global scope are the same. A host whose own file differs in
+    what the extension meets has its stand-in in standin/js/<host>/ (Forge Classic's hints.js)."""
+    own = os.path.join(JS_STANDIN, host)
+    standin = lambda name: os.path.join(own, name) if os.path.exists(os.path.join(own, name)) else os.path.join(JS_STANDIN, name)  # noqa: E731
+    files = [standin("script.js")]
+    files += [standin(f) for f in sorted(os.listdir(JS_STANDIN)) if f.endswith(".js") and f != "script.js"]
     ext_js = os.path.join(ROOT, "javascript")
     files += sorted(os.path.join(ext_js, f) for f in os.listdir(ext_js) if f.endswith(".js"))
     head = '<script type="text/javascript">var localization = {};</script>\n'
@@ -320,9 +324,6 @@ ALL_HINTED_JS = """
 """
 
 
-HOST_OF_GRADIO = {3: "a1111", 4: "forge"}  # whose page this gradio stands for, in screenshot names
-
-
 def infotext_line(params) -> str:
     """The last line of an infotext as the WebUI writes it (processing.create_infotext): values
     with ',', ':' or a newline JSON-quoted."""
@@ -331,14 +332,15 @@ def infotext_line(params) -> str:
     return ", ".join(f"{key}: {quote(value)}" for key, value in entries.items())
 
 
-def browser(screenshot_dir: str | None) -> dict:
+def browser(screenshot_dir: str | None, host: str) -> dict:
+    """The page of ``host`` (a key of tests/ui/runner.py PAGES; it names the screenshots)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from asag.params import ESSENTIAL, GROUPS, AsagParams
     from tests.ui.cases import PASTED_FIELDS, TYPED_LAYERS
 
-    _inject_head(page_scripts())
+    _inject_head(page_scripts(host))
     demo, built, build_warnings = build_page({}, with_prompt=True)  # the built-in defaults
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_api=False)
@@ -348,7 +350,6 @@ def browser(screenshot_dir: str | None) -> dict:
     # (elem_id, label) of every control on the txt2img tab, by group; the accordion's label is in its header
     probes = {group: [[tab.elem_id(spec.name), spec.label] for spec in PARAMS[1:] if spec.group == group] for group in (ESSENTIAL, *GROUPS)}
     probe = [[accordion_id, ui.ACCORDION_LABEL]] + [entry for entries in probes.values() for entry in entries]
-    host = HOST_OF_GRADIO[GRADIO_MAJOR]
     try:
         with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="asag-chromium-") as profile:
             context = pw.chromium.launch_persistent_context(
@@ -489,8 +490,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=("describe", "browser"))
     parser.add_argument("--screenshot-dir")
+    parser.add_argument("--host", required=True, help="whose page: a1111, forge or classic (tests/ui/runner.py PAGES)")
     args = parser.parse_args()
-    out = describe() if args.mode == "describe" else browser(args.screenshot_dir)
+    out = describe() if args.mode == "describe" else browser(args.screenshot_dir, args.host)
     sys.stdout.write("ASAG-HARNESS-JSON " + json.dumps(out) + "\n")
 
 

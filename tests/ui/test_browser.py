@@ -1,6 +1,8 @@
-"""The ASAG block in headless Chromium, under the WebUI's gradio 3.41.2 (A1111) and Forge's 4.40.0,
-with javascript/ loaded the way both load it (after script.js and the host's own hints.js and
-inputAccordion.js, here faithful stand-ins in standin/js/; Forge's are the same files): the
+"""The ASAG block in headless Chromium, on each host's page (tests/ui/runner.py PAGES): the WebUI's
+gradio 3.41.2 (A1111), Forge's 4.40.0 (lllyasviel's Forge, Forge Neo, reForge) and Forge Classic's
+3.43.2, with javascript/ loaded the way they load it (after script.js and the host's own hints.js
+and inputAccordion.js, here faithful stand-ins in standin/js/; Forge's are the same files, Forge
+Classic has its own hints.js in standin/js/classic/): the
 accordion, the essentials in view and the rest in closed groups, every hint, the layer list, a
 paste, and a console free of errors.
 
@@ -14,18 +16,16 @@ import pytest
 from asag.params import ESSENTIAL, GROUPS, PARAMS, AsagParams
 
 from .cases import PASTED_FIELDS, TYPED_LAYERS
-from .runner import ROOT, run_harness
+from .runner import PAGES, ROOT, run_harness
 
 ACCORDION = "script_txt2img_asag_enabled"
-GRADIO = {3: "3.41.2", 4: "4.40.0"}
-HOST = {3: "a1111", 4: "forge"}
 
 
 def control_id(spec):
     return ACCORDION if spec.name == "enabled" else f"script_txt2img_asag_{spec.name}"
 
 
-@pytest.fixture(scope="module", params=sorted(GRADIO), ids=lambda g: f"gradio{g}")
+@pytest.fixture(scope="module", params=sorted(PAGES))
 def page(request, tmp_path_factory):
     if os.environ.get("ASAG_UPDATE_SCREENSHOT") == "1":
         folder = os.path.join(ROOT, "docs", "images")
@@ -35,17 +35,17 @@ def page(request, tmp_path_factory):
 
 
 def test_page_came_up_under_the_hosts_gradio(page):
-    major, out, _ = page
-    assert out["gradio"] == GRADIO[major]
+    host, out, _ = page
+    assert out["gradio"] == PAGES[host]["gradio"]
     assert out["loaded"], "inputAccordion.js never set up the ASAG accordion (its visible checkbox is missing)"
 
 
 def test_console_has_no_errors(page):
-    major, out, _ = page
+    host, out, _ = page
     assert out["page_errors"] == []
     assert [m for m in out["console"] if m["type"] == "error"] == []
     failed = out["failed_requests"]
-    if major == 4:
+    if PAGES[host]["gradio"].startswith("4."):
         # gradio 4's client ends its event stream with an abort once the events it waited for are
         # done (Client.close in its index-*.js): one per event, none of the page's doing.
         failed = [f for f in failed if not ("/queue/data?session_hash=" in f and f.endswith("net::ERR_ABORTED"))]
@@ -119,8 +119,8 @@ def test_the_accordion_is_the_enable_switch(page):
 
 
 def test_screenshots_written(page):
-    major, out, folder = page
-    names = [os.path.join(folder, f"ui-{HOST[major]}-{state}.png") for state in ("closed", "open")]
+    host, out, folder = page
+    names = [os.path.join(folder, f"ui-{host}-{state}.png") for state in ("closed", "open")]
     assert out.get("screenshots") == names
     for name in names:
         with open(name, "rb") as f:

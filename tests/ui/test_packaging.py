@@ -47,7 +47,7 @@ def test_install_py_is_silent_when_torch_is_there():
 
 def test_install_py_reports_a_missing_torch():
     # the gradio 4 venv has no torch
-    done = subprocess.run([venv_python(4), os.path.join(ROOT, "install.py")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([venv_python("forge"), os.path.join(ROOT, "install.py")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "torch is not importable" in done.stderr
 
 

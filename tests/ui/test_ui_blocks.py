@@ -1,14 +1,13 @@
-"""The ASAG block built by asag.hosts.ui.build_ui under the WebUI's gradio (3.41.2) and Forge's
-(4.40.0), each in its own venv, with the matching InputAccordion stand-in; and the Settings
+"""The ASAG block built by asag.hosts.ui.build_ui under the WebUI's gradio (3.41.2), Forge's
+(4.40.0) and Forge Classic's (3.43.2), each in its own venv, with the matching InputAccordion stand-in; and the Settings
 options' controls built the way the Settings tab builds them."""
 import pytest
 
 from asag.hosts import settings
 from asag.params import ESSENTIAL, GROUPS, PARAMS
 
-from .runner import run_harness
+from .runner import PAGES, run_harness
 
-GRADIO = {3: "3.41.2", 4: "4.40.0"}
 TYPE_BY_KIND = {"bool": "Checkbox", "choices": "Radio", "range": "Slider", "suggestions": "Dropdown", "text": "Textbox"}
 
 
@@ -22,14 +21,14 @@ def _kind(spec):
     return "suggestions" if spec.suggestions else "text"
 
 
-@pytest.fixture(scope="module", params=sorted(GRADIO), ids=lambda g: f"gradio{g}")
+@pytest.fixture(scope="module", params=sorted(PAGES))
 def described(request):
     return request.param, run_harness(request.param, "describe")
 
 
 def test_runs_the_gradio_the_host_pins(described):
-    major, out = described
-    assert out["gradio"] == GRADIO[major]
+    host, out = described
+    assert out["gradio"] == PAGES[host]["gradio"]
 
 
 def test_builds_without_warnings(described):

@@ -15,3 +15,4 @@ _spec.loader.exec_module(_module)
 calc_cond_uncond_batch = _module.calc_cond_uncond_batch
 sampling_function_inner = _module.sampling_function_inner
 sampling_function = _module.sampling_function
+sampling_function_with_options = _module.sampling_function_with_options

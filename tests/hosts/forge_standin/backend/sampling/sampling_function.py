@@ -159,19 +159,27 @@ def sampling_function_inner(model, x, timestep, uncond, cond, cond_scale, model_
 
 def sampling_function(self, denoiser_params, cond_scale, cond_composition):
     unet_patcher = self.inner_model.inner_model.forge_objects.unet  # read at every step
+    return sampling_function_with_options(self, denoiser_params, cond_scale, cond_composition, unet_patcher.model_options)
+
+
+def sampling_function_with_options(self, denoiser_params, cond_scale, cond_composition, model_options, image_cond=True):
+    """The body of ``sampling_function`` from the line that has ``model_options``: the Forge lines
+    differ in where those come from (Forge Neo: joined with the sampler's; Forge Classic: updated
+    by them) and, Neo, in attaching the image condition to inpainting models only (``image_cond``);
+    their stand-ins call this with theirs."""
+    unet_patcher = self.inner_model.inner_model.forge_objects.unet
     model = unet_patcher.model
     control = unet_patcher.controlnet_linked_list
     x = denoiser_params.x
     timestep = denoiser_params.sigma
     uncond = compile_conditions(denoiser_params.text_uncond)
     cond = compile_weighted_conditions(denoiser_params.text_cond, cond_composition)
-    model_options = unet_patcher.model_options
     seed = self.p.seeds[0]
 
     image_cond_in = unet_patcher.extra_concat_condition
     if image_cond_in is None:
         image_cond_in = denoiser_params.image_cond
-    if isinstance(image_cond_in, torch.Tensor) and image_cond_in.shape[0] == x.shape[0] and image_cond_in.shape[2:] == x.shape[2:]:
+    if image_cond and isinstance(image_cond_in, torch.Tensor) and image_cond_in.shape[0] == x.shape[0] and image_cond_in.shape[2:] == x.shape[2:]:
         for h in cond + (uncond or []):
             h["model_conds"]["c_concat"] = Condition(image_cond_in)
 

@@ -1,0 +1,1 @@
+# Stand-in for Forge Neo modules_forge/__init__.py: its presence matters (asag.hosts.detect probes it).

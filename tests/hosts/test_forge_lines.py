@@ -1,0 +1,103 @@
+"""What Forge Neo and Forge Classic do differently from lllyasviel's Forge, with ASAG on: the CFG++
+samplers (their post-CFG function joined after ASAG's on Neo, their option list replacing the
+patcher's on Classic), Neo's patcher clone and inpainting flag. Everything the lines share with
+lllyasviel's Forge and old Forge runs on them through the parametrised fixtures of forge_env."""
+import pytest
+import torch
+
+from tests.hosts.cfgpp_samplers import SAMPLERS
+from asag.hosts.settings import HostOptions
+from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_line_host, haoming_line_host, inputs, make_p  # noqa: F401
+from tests.hosts.test_forge_adapter import start
+
+SIGMAS = torch.tensor([6.0, 3.0, 1.5, 0.0])
+
+
+def sample(host, p, callbacks, sampler, cond_scale, seed=1):
+    """A CFG++ sampler over the CFGDenoiser of ``host``'s line; the step counter as the host keeps it."""
+    x, cond, uncond = inputs(seed)
+    steps = iter(range(len(SIGMAS) - 1))
+
+    def model(x, sigma, model_options=None):
+        return denoise_step(host, p, callbacks, x, sigma[0], cond, uncond, cond_scale, step=next(steps),
+                            total=len(SIGMAS) - 1, model_options=model_options)[0]
+
+    return SAMPLERS[sampler](model, x * SIGMAS[0] / 3.0, SIGMAS)
+
+
+def generate(host, cond_scale, sampler, **fields):
+    p = make_p(host)
+    callbacks = start(host, p, **fields) if fields else ScriptCallbacks()
+    result = sample(host, p, callbacks, sampler, cond_scale)
+    host.forge.end_job(p)
+    return result
+
+
+# CFG++ is run near CFG 1 (its samplers keep the uncond rows there), and at higher scales.
+@pytest.mark.parametrize("sampler, cond_scale", [("Euler CFG++", 1.0), ("DPM++ 2M CFG++", 1.0), ("Euler CFG++", 4.0)])
+def test_cfgpp_samplers_are_guided(haoming_line_host, sampler, cond_scale):
+    host = haoming_line_host
+    plain = generate(host, cond_scale, sampler)
+    assert torch.equal(generate(host, cond_scale, sampler, scale=0.0, layers="u0-2"), plain)
+    guided = generate(host, cond_scale, sampler, scale=3.0, layers="u0-2")
+    change = (guided - plain).abs().max() / plain.abs().max()
+    assert change > 1e-3, f"ASAG changed a {sampler} image by {change:.2e} of its range on {host.name}"
+
+
+def test_cfgpp_step_moves_from_the_guided_result_along_the_uncond_direction(haoming_line_host):
+    """One Euler CFG++ step with ASAG is ASAG's denoised result plus the step along the uncond
+    prediction: ASAG's post-CFG function ran, and before the sampler's."""
+    host = haoming_line_host
+    sigmas = SIGMAS[:2]
+    x, cond, uncond = inputs(1)
+    x = x * sigmas[0] / 3.0
+    p = make_p(host)
+    callbacks = start(host, p, scale=3.0, layers="u0-2")
+    model = lambda x, sigma, model_options=None: denoise_step(  # noqa: E731
+        host, p, callbacks, x, sigma[0], cond, uncond, 4.0, step=0, total=1, model_options=model_options)[0]
+    stepped = SAMPLERS["Euler CFG++"](model, x, sigmas)
+    host.forge.end_job(p)
+
+    reference = make_p(host)
+    reference_callbacks = start(host, reference, scale=3.0, layers="u0-2")
+    denoised, cond_pred, uncond_pred = denoise_step(host, reference, reference_callbacks, x, sigmas[0], cond, uncond, 4.0, step=0, total=1)
+    host.forge.end_job(reference)
+    plain_denoised = uncond_pred + (cond_pred - uncond_pred) * 4.0
+    assert (denoised - plain_denoised).abs().max() > 1e-3  # the reference itself is guided
+    expected = denoised + (x - uncond_pred) / sigmas[0] * sigmas[1]
+    torch.testing.assert_close(stepped, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_patcher_keeps_asag_after_a_samplers_options_are_merged(haoming_line_host):
+    """The CFG++ sampler's options leave the UNet patcher's own lists as they were (ASAG first, once)."""
+    host = haoming_line_host
+    p = make_p(host)
+    callbacks = start(host, p, scale=3.0, layers="u0-2")
+    sample(host, p, callbacks, "Euler CFG++", 1.0)
+    options = p.sd_model.forge_objects.unet.model_options
+    owned = [f for f in options["sampler_post_cfg_function"] if getattr(f, host.forge.OWNED_ATTR, False)]
+    assert len(owned) == 1 and options["sampler_post_cfg_function"][0] is owned[0]
+    assert "disable_cfg1_optimization" not in options
+    host.forge.end_job(p)
+
+
+def test_inpainting_models_get_their_image_condition_in_the_extra_pass(forge_line_host):
+    """A 9-channel inpainting UNet: the extra pass gets the mask and masked latent as the main pass
+    does (Neo attaches them only for models it flags ``is_inpaint``); reuse on equals reuse off."""
+    host = forge_line_host
+    x, cond, uncond = inputs()
+    g = torch.Generator().manual_seed(5)
+    image_cond = torch.cat([torch.ones(1, 1, 16, 16), torch.randn(1, 4, 16, 16, generator=g)], dim=1)
+    image_cond[:, :, :, 8:] = 0.0  # the right half to inpaint
+
+    def run(**fields):
+        p = make_p(host, inpaint=True)
+        callbacks = start(host, p, options=HostOptions(reuse=fields.pop("reuse", True)), **fields) if fields else ScriptCallbacks()
+        result = denoise_step(host, p, callbacks, x, 2.0, cond, uncond, 5.0, image_cond=image_cond)[0]
+        host.forge.end_job(p)
+        return result
+
+    plain = run()
+    guided = run(scale=3.0, layers="u0-2")
+    assert (guided - plain).abs().max() > 1e-3 * plain.abs().max()
+    torch.testing.assert_close(run(scale=3.0, layers="u0-2", reuse=False), guided, rtol=0, atol=1e-4 * plain.abs().max().item())

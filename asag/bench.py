@@ -2,6 +2,7 @@
 
     python -m asag.bench attention [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--large]
     python -m asag.bench step      [--device cpu] [--model sd15|sdxl] [--latent N] [--layers "middle;u6-8"] [--steps N] [--negative-chunks 2]
+    python -m asag.bench joint     (what each reading of ASAG on joint text+image attention does to the attention)
 
 Every table compares implementations measured side by side in one run and prints ratios;
 nothing here asserts a time. Peak memory is the CUDA allocator's peak on a GPU; on the CPU it is
@@ -17,6 +18,7 @@ import time
 
 import torch
 
+from .joint import joint_adversarial_attention
 from .sinkhorn import adversarial_sinkhorn_attention
 
 ATTENTION_SHAPES = ((16, 1024, 64), (8, 4096, 40))
@@ -130,9 +132,61 @@ def bench_attention(device, dtype_name, repeats, large=False):
     print(format_table(header, rows))
 
 
+# A Flux-like joint sequence, small: text first, then the image; heads folded.
+JOINT_SHAPE = dict(heads=4, n_txt=32, n_img=256, d=64)
+
+
+def _image_block_alone(q, k, v, image, iterations):
+    """The reading that perturbs the image block alone: image queries see the image keys only."""
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    out[:, image] = adversarial_sinkhorn_attention(q[:, image], k[:, image], v[:, image], iterations=iterations)
+    return out
+
+
+JOINT_READINGS = {
+    "image queries over image keys (chosen)": lambda q, k, v, image, iterations: joint_adversarial_attention(q, k, v, image, iterations=iterations),
+    "whole joint sequence": lambda q, k, v, image, iterations: adversarial_sinkhorn_attention(q, k, v, iterations=iterations),
+    "image block only, text share dropped": _image_block_alone,
+}
+
+
+def joint_properties(weights, model, n_txt):
+    """What a reading did to joint attention: ``weights`` and ``model`` are (groups, N, N) attention
+    matrices (row = what one query gives each key; the text is the first ``n_txt`` tokens), the
+    reading's and the model's own."""
+    image_rows, model_image_rows = weights[:, n_txt:], model[:, n_txt:]
+    block = image_rows[:, :, n_txt:]
+    plan = block / block.sum(-1, keepdim=True).clamp_min(1e-30)  # the image share, renormalised
+    entropy = -(plan.clamp_min(1e-30).log() * plan).sum(-1) / torch.log(torch.tensor(float(plan.shape[-1])))
+    return {
+        "text rows changed (max)": (weights[:, :n_txt] - model[:, :n_txt]).abs().max().item(),
+        "image rows' text share changed (max)": (image_rows[:, :, :n_txt].sum(-1) - model_image_rows[:, :, :n_txt].sum(-1)).abs().max().item(),
+        "image rows sum - 1 (max)": (image_rows.sum(-1) - 1).abs().max().item(),
+        "image plan column error (max)": (plan.sum(-2) - 1).abs().max().item(),
+        "image plan row entropy / uniform": entropy.mean().item(),
+    }
+
+
+def bench_joint(iterations=ATTENTION_ITERATIONS):
+    heads, n_txt, n_img, d = JOINT_SHAPE["heads"], JOINT_SHAPE["n_txt"], JOINT_SHAPE["n_img"], JOINT_SHAPE["d"]
+    n = n_txt + n_img
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(heads, n, d, generator=gen) * 1.5 for _ in range(2))
+    one_hot = torch.eye(n).expand(heads, n, n)  # values that make each output row the attention row itself
+    model = torch.softmax(q @ k.transpose(1, 2) * d ** -0.5, dim=-1)
+    rows = []
+    for name, reading in JOINT_READINGS.items():
+        props = joint_properties(reading(q, k, one_hot, slice(n_txt, None), iterations), model, n_txt)
+        rows.append([name, *(f"{value:.3g}" for value in props.values())])
+    print(f"ASAG on joint attention: {heads} heads, {n_txt} text + {n_img} image tokens, d {d}, q and k ~ N(0, 1.5^2), "
+          f"iterations {iterations}; the model gives the text {model[:, n_txt:, :n_txt].sum(-1).mean().item():.3f} "
+          f"of an image query's attention on average")
+    print(format_table(["reading", *props], rows))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m asag.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["attention", "step"])
+    parser.add_argument("what", choices=["attention", "step", "joint"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
@@ -146,6 +200,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.what == "attention":
         bench_attention(args.device, args.dtype, args.repeats, args.large)
+    elif args.what == "joint":
+        bench_joint()
     else:
         from .stepbench import bench_step
         layers = tuple(args.layers.split(";")) if args.layers else None

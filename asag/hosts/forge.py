@@ -174,7 +174,8 @@ def before_sampling(p) -> None:
         _remove_functions(sd_model)
         return
     if not is_unet:
-        job.not_applied(p, "this is not a UNet model (Flux/SD3/Chroma); ASAG supports SD1, SD2 and SDXL")
+        job.not_applied(p, "this is not a UNet model (a transformer such as Flux, Chroma, SD3, Qwen-Image, Z-Image, "
+                            "Lumina 2, Anima or Wan); ASAG supports SD1, SD2 and SDXL")
         return
     unet = sd_model.forge_objects.unet.clone()
     diffusion_model = unet.model.diffusion_model

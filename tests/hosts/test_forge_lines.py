@@ -7,6 +7,7 @@ import torch
 
 from tests.hosts.cfgpp_samplers import SAMPLERS
 from asag.hosts.settings import HostOptions
+from asag.params import NOTE_KEY
 from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_line_host, haoming_line_host, inputs, make_p  # noqa: F401
 from tests.hosts.test_forge_adapter import start
 
@@ -101,3 +102,26 @@ def test_inpainting_models_get_their_image_condition_in_the_extra_pass(forge_lin
     guided = run(scale=3.0, layers="u0-2")
     assert (guided - plain).abs().max() > 1e-3 * plain.abs().max()
     torch.testing.assert_close(run(scale=3.0, layers="u0-2", reuse=False), guided, rtol=0, atol=1e-4 * plain.abs().max().item())
+
+
+def flow_sdxl_p(host):
+    """Neo's Mugen (flow-matching SDXL): flagged ``is_sdxl`` on an engine without ``is_sd2``, its
+    predictor's sigmas from time_snr_shift(shift, 1/1000) to 1 (k_prediction.py:185-208)."""
+    p = make_p(host, layout_flags=("is_sdxl",))
+    p.sd_model.forge_objects.unet.model.predictor.sigmas = torch.tensor([0.0029, 1.0])  # shift 3
+    return p
+
+
+@pytest.mark.parametrize("forge_line_host", ["neo"], indirect=True)
+@pytest.mark.parametrize("sigma, runs", [(0.9, False), (0.01, True)])
+def test_neo_flow_sdxl_models_are_guided_within_their_own_noise_range(forge_line_host, sigma, runs):
+    """The active window by sigma (here its second half) follows the flow model's own range."""
+    host = forge_line_host
+    p = flow_sdxl_p(host)
+    callbacks = start(host, p, scale=3.0, layers="u0-2", start=0.5, end=1.0, progress_by="sigma")
+    x, cond, uncond = inputs()
+    guided = denoise_step(host, p, callbacks, x, sigma, cond, uncond, 4.0)[0]
+    host.forge.end_job(p)
+    plain = denoise_step(host, flow_sdxl_p(host), ScriptCallbacks(), x, sigma, cond, uncond, 4.0)[0]
+    assert torch.equal(guided, plain) != runs
+    assert NOTE_KEY not in p.extra_generation_params

@@ -4,13 +4,9 @@
 # A.5: "Old Forge: same function and behaviour; only the imports differ"), so the new Forge
 # stand-in's sampling_function.py is loaded here under this package's name. No calc_cond_batch:
 # that is reForge's (detect.py tells the two apart by it).
-import importlib.util
-from pathlib import Path
+from tests.hosts.forge_standin_file import load_forge_file
 
-_SOURCE = Path(__file__).resolve().parents[3] / "forge_standin" / "backend" / "sampling" / "sampling_function.py"
-_spec = importlib.util.spec_from_file_location("ldm_patched.modules._sampling_function", _SOURCE)
-_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_module)
+_module = load_forge_file("backend/sampling/sampling_function.py", "ldm_patched.modules._sampling_function")
 
 calc_cond_uncond_batch = _module.calc_cond_uncond_batch
 sampling_function_inner = _module.sampling_function_inner

@@ -3,15 +3,11 @@
 # (ComfyUI-derived) clones as `self.__class__(...)` and copies model_options with utils.deepcopy_
 # (dicts and lists copied, functions and other objects shared), and UnetPatcher.clone adds its own
 # fields. The option helpers are those of lllyasviel's Forge (../forge_standin).
-import importlib.util
-from pathlib import Path
+from tests.hosts.forge_standin_file import load_forge_file
 
 from backend import utils
 
-_SOURCE = Path(__file__).resolve().parents[3] / "forge_standin" / "backend" / "patcher" / "unet.py"
-_spec = importlib.util.spec_from_file_location("backend.patcher._forge_unet", _SOURCE)
-_forge = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_forge)
+_forge = load_forge_file("backend/patcher/unet.py", "backend.patcher._forge_unet")
 
 
 class UnetPatcher(_forge.UnetPatcher):

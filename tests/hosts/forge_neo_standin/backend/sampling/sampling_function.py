@@ -8,16 +8,12 @@
 # (calc_cond_uncond_batch and sampling_function_inner keep their shapes in Neo).
 # Simplified: the video context-window handler that may wrap calc_cond_uncond_batch (never used
 # for an image model) and the `cond_scale` entry Neo adds to the post-CFG args (ASAG reads none).
-import importlib.util
-from pathlib import Path
+from tests.hosts.forge_standin_file import load_forge_file
 
 from backend import utils
 from backend.sampling.condition import Condition, compile_conditions, compile_weighted_conditions  # noqa: F401  (as Neo imports them)
 
-_SOURCE = Path(__file__).resolve().parents[3] / "forge_standin" / "backend" / "sampling" / "sampling_function.py"
-_spec = importlib.util.spec_from_file_location("backend.sampling._forge_sampling_function", _SOURCE)
-_forge = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_forge)
+_forge = load_forge_file("backend/sampling/sampling_function.py", "backend.sampling._forge_sampling_function")
 
 calc_cond_uncond_batch = _forge.calc_cond_uncond_batch
 sampling_function_inner = _forge.sampling_function_inner

@@ -2,28 +2,34 @@
 samplers (their post-CFG function joined after ASAG's on Neo, their option list replacing the
 patcher's on Classic), Neo's patcher clone and inpainting flag. Everything the lines share with
 lllyasviel's Forge and old Forge runs on them through the parametrised fixtures of forge_env."""
+import itertools
+
 import pytest
 import torch
+
+from k_diffusion import sampling as k_sampling
 
 from tests.hosts.cfgpp_samplers import SAMPLERS
 from asag.hosts.settings import HostOptions
 from asag.params import NOTE_KEY
-from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_line_host, haoming_line_host, inputs, make_p  # noqa: F401
+from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_line_host, haoming_line_host, inputs, make_p, reset_forge_objects  # noqa: F401
 from tests.hosts.test_forge_adapter import start
 
 SIGMAS = torch.tensor([6.0, 3.0, 1.5, 0.0])
 
 
 def sample(host, p, callbacks, sampler, cond_scale, seed=1):
-    """A CFG++ sampler over the CFGDenoiser of ``host``'s line; the step counter as the host keeps it."""
+    """A sampler (a CFG++ one by name, or a k-diffusion function) over the CFGDenoiser of ``host``'s
+    line; the step counter as the host keeps it; the sampler's noise seeded."""
     x, cond, uncond = inputs(seed)
-    steps = iter(range(len(SIGMAS) - 1))
+    steps = itertools.count()  # the CFGDenoiser counts its calls (Heun makes two per step)
 
     def model(x, sigma, model_options=None):
         return denoise_step(host, p, callbacks, x, sigma[0], cond, uncond, cond_scale, step=next(steps),
                             total=len(SIGMAS) - 1, model_options=model_options)[0]
 
-    return SAMPLERS[sampler](model, x * SIGMAS[0] / 3.0, SIGMAS)
+    torch.manual_seed(seed)
+    return SAMPLERS.get(sampler, sampler)(model, x * SIGMAS[0] / 3.0, SIGMAS)
 
 
 def generate(host, cond_scale, sampler, **fields):
@@ -125,3 +131,33 @@ def test_neo_flow_sdxl_models_are_guided_within_their_own_noise_range(forge_line
     plain = denoise_step(host, flow_sdxl_p(host), ScriptCallbacks(), x, sigma, cond, uncond, 4.0)[0]
     assert torch.equal(guided, plain) != runs
     assert NOTE_KEY not in p.extra_generation_params
+
+
+# One of each k-diffusion family the hosts list: ancestral, multistep, SDE (Brownian tree noise), second order.
+K_SAMPLERS = {"Euler a": k_sampling.sample_euler_ancestral, "DPM++ 2M": k_sampling.sample_dpmpp_2m,
+              "DPM++ 2M SDE": k_sampling.sample_dpmpp_2m_sde, "Heun": k_sampling.sample_heun}
+
+
+@pytest.mark.parametrize("sampler", sorted(K_SAMPLERS))
+def test_every_sampler_family_is_guided_and_the_next_plain_image_is_untouched(forge_line_host, sampler):
+    """Three generations on one model and patcher, as in the host (forge_objects reset before each):
+    plain, with ASAG (measurably different), plain again (bit-identical to the first)."""
+    host = forge_line_host
+    p = make_p(host)
+    pristine = p.sd_model.forge_objects.unet
+    callbacks = ScriptCallbacks()
+    host.forge.register_callbacks(callbacks)
+
+    def generate(fields):
+        reset_forge_objects(p, pristine)
+        host.forge.start_job(p, host.job.start(p, [fields]))
+        host.forge.before_sampling(p)
+        result = sample(host, p, callbacks, K_SAMPLERS[sampler], 5.0)
+        host.forge.end_job(p)
+        return result
+
+    before = generate({"enabled": False})
+    guided = generate({"enabled": True, "scale": 3.0, "layers": "u0-2"})
+    after = generate({"enabled": False})
+    assert (guided - before).abs().max() > 1e-3 * before.abs().max()
+    assert torch.equal(after, before)

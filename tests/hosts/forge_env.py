@@ -147,10 +147,15 @@ def inputs(seed=1, batch=1, uncond_tokens=7):
     return x, cond, uncond
 
 
-def denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=0, total=10, model_options=None, image_cond=None):
+def denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=0, total=10, model_options=None, image_cond=None,
+                 composition=None):
     """One CFGDenoiser.forward step; returns (denoised, cond_pred, uncond_pred). ``model_options``:
     what a sampler sends in its extra args (the CFG++ samplers of Neo and Classic); each line hands
-    them on as its CFGDenoiser does (lllyasviel's Forge and old Forge have no such sampler)."""
+    them on as its CFGDenoiser does (lllyasviel's Forge and old Forge have no such sampler).
+    ``composition``: the WebUI's AND composition of ``cond``'s rows (per image, (row, weight)
+    pairs); by default one prompt per image, as prompt_parser.reconstruct_multicond_batch gives it."""
+    if composition is None:
+        composition = [[(i, 1.0)] for i in range(x.shape[0])]
     denoiser = SimpleNamespace(inner_model=SimpleNamespace(inner_model=p.sd_model), p=p)
     sigmas = torch.full((x.shape[0],), float(sigma))
     params = SimpleNamespace(x=x, image_cond=image_cond, sigma=sigmas, sampling_step=step, total_sampling_steps=total,
@@ -159,9 +164,9 @@ def denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=0,
         callback(params)
     with torch.no_grad():
         if host.line == "neo":
-            return host.sampling.sampling_function(denoiser, params, cond_scale, None, extra_model_options=model_options)
+            return host.sampling.sampling_function(denoiser, params, cond_scale, composition, extra_model_options=model_options)
         if host.line == "classic":
             sampler = importlib.import_module("modules_forge.forge_sampler")
-            return sampler.cfg_denoiser_sample(denoiser, params, cond_scale, None, model_options=model_options)
+            return sampler.cfg_denoiser_sample(denoiser, params, cond_scale, composition, model_options=model_options)
         assert model_options is None, f"{host.line} has no sampler that sends model options"
-        return host.sampling.sampling_function(denoiser, params, cond_scale, None)
+        return host.sampling.sampling_function(denoiser, params, cond_scale, composition)

@@ -161,3 +161,28 @@ def test_every_sampler_family_is_guided_and_the_next_plain_image_is_untouched(fo
     after = generate({"enabled": False})
     assert (guided - before).abs().max() > 1e-3 * before.abs().max()
     assert torch.equal(after, before)
+
+
+def test_and_prompts_are_guided_with_their_weights_and_reuse_engages(forge_line_host, caplog):
+    """"a cat AND a hat :0.3" for one image: Forge makes one condition per sub-prompt with its weight
+    as strength; the extra pass gets the same two, and takes its first blocks from the main pass."""
+    caplog.set_level("INFO", logger="asag")
+    host = forge_line_host
+    x, cond, uncond = inputs()
+    cond = torch.cat([cond, torch.randn(cond.shape, generator=torch.Generator().manual_seed(9))])
+    composition = [[(0, 0.7), (1, 0.3)]]
+
+    def run(composition=composition, reuse=True, **fields):
+        p = make_p(host)
+        options = HostOptions(reuse=reuse, diagnostics=True)
+        callbacks = start(host, p, options=options, **fields) if fields else ScriptCallbacks()
+        result = denoise_step(host, p, callbacks, x, 2.0, cond, uncond, 5.0, composition=composition)[0]
+        host.forge.end_job(p)
+        return result
+
+    plain = run()
+    assert (plain - run(composition=[[(0, 1.0)]])).abs().max() > 1e-3 * plain.abs().max()  # the second prompt counts
+    guided = run(scale=3.0, layers="u0-2")
+    assert (guided - plain).abs().max() > 1e-3 * plain.abs().max()
+    assert "1 of 1 extra passes took 10 of the UNet's 19 blocks" in caplog.text  # the input blocks and the middle
+    torch.testing.assert_close(run(scale=3.0, layers="u0-2", reuse=False), guided, rtol=0, atol=1e-4 * plain.abs().max().item())

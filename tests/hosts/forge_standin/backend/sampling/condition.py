@@ -1,6 +1,6 @@
 # Stand-in for lllyasviel/stable-diffusion-webui-forge backend/sampling/condition.py at
-# dfdcbab685e57677014f05a3309b48cc87383167: Condition, ConditionCrossAttn and compile_conditions
-# for plain tensor (SD1-style) conditioning. Dict (SDXL) conditioning is not modelled.
+# dfdcbab685e57677014f05a3309b48cc87383167: Condition, ConditionCrossAttn, compile_conditions and
+# compile_weighted_conditions (AND prompts) for plain tensor (SD1-style) conditioning. Dict (SDXL) conditioning is not modelled.
 # Kept faithful: prompts of different lengths batch together (up to a 4x length ratio), the
 # shorter contexts repeated to the least common multiple of the lengths.
 import math
@@ -64,5 +64,13 @@ def compile_conditions(cond):
 
 
 def compile_weighted_conditions(cond, weights):
-    # Forge splits multi-prompt (AND) batches by weight; one prompt per image here.
-    return compile_conditions(cond)
+    """AND prompts: ``weights`` is the WebUI's composition, per image a list of (row of ``cond``,
+    weight); the n-th sub-prompts of all images become one condition with the n-th weight as its
+    strength (zip stops at the image with the fewest sub-prompts, as Forge's does)."""
+    results = []
+    for column in map(list, zip(*weights)):
+        rows = [i for i, _ in column]
+        h = compile_conditions(cond[rows])
+        h[0]["strength"] = column[-1][1]
+        results += h
+    return results

@@ -71,8 +71,10 @@ def _host(line: str):
         _drop_standin_modules()
 
 
-# Every Forge test runs on lllyasviel's Forge and on Forge Neo (the backend/ lines), and on old
-# Forge and Forge Classic (the ldm_patched lines).
+# Which lines a test runs on is the fixture it takes: forge_host, the backend/ lines (lllyasviel's
+# Forge, Forge Neo: the adapter tests); forge_legacy_host, the ldm_patched lines (old Forge, Forge
+# Classic); forge_line_host, all four (the reuse matrix, samplers, AND, inpainting); and
+# haoming_line_host, Neo and Classic (their CFG++ samplers).
 @pytest.fixture(params=["forge", "neo"])
 def forge_host(request):
     yield from _host(request.param)

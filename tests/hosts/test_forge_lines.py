@@ -1,17 +1,17 @@
-"""What Forge Neo and Forge Classic do differently from lllyasviel's Forge, with ASAG on: the CFG++
-samplers (their post-CFG function joined after ASAG's on Neo, their option list replacing the
-patcher's on Classic), Neo's patcher clone and inpainting flag. Everything the lines share with
-lllyasviel's Forge and old Forge runs on them through the parametrised fixtures of forge_env."""
+"""The Forge lines side by side: what Forge Neo and Forge Classic do differently from lllyasviel's
+Forge (the CFG++ samplers, whose post-CFG function Neo joins after ASAG's and whose option list
+replaces the patcher's on Classic; Neo's engine flags and flow SDXL), and what every line must do
+alike (each sampler family, AND prompts, inpainting models, the next plain image untouched). The
+adapter and reuse tests run on the lines through the fixtures of forge_env."""
 import itertools
 
 import pytest
 import torch
-
 from k_diffusion import sampling as k_sampling
 
-from tests.hosts.cfgpp_samplers import SAMPLERS
 from asag.hosts.settings import HostOptions
 from asag.params import NOTE_KEY
+from tests.hosts.cfgpp_samplers import SAMPLERS
 from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_line_host, haoming_line_host, inputs, make_p, reset_forge_objects  # noqa: F401
 from tests.hosts.test_forge_adapter import start
 

@@ -12,9 +12,9 @@ model's own softmax row over all keys:
 where ``P`` is the adversarial plan among the image tokens (``asag.sinkhorn``: rows sum to 1,
 columns balanced). So the image row still sums to 1, keeps the share of attention (and the exact
 weights) the model gives the text, and only the image share is spread adversarially. Text query
-rows are the model's own attention. ``joint_plan`` in ``asag.bench`` measures this choice against
+rows are the model's own attention. ``python -m asag.bench joint`` measures this choice against
 the whole joint sequence through the plan, and the image block alone with the text share dropped
-(README, "ASAG on joint attention").
+(README, "Transformer models").
 
 Memory: the image share ``m`` needs the log-sum-exp of the image logits, computed in row tiles of
 at most ``budget_bytes`` (as the plan's working set), never as an ``n_img x n_img`` matrix per head.
@@ -33,10 +33,11 @@ def _image_share(q_img: torch.Tensor, k_txt: torch.Tensor, k_img: torch.Tensor, 
     groups, n_img, _ = q_img.shape
     rows = max(1, budget_bytes // max(1, 2 * groups * (k_img.shape[1] + k_txt.shape[1]) * FLOAT32_BYTES))
     share = torch.empty((groups, n_img, 1), dtype=torch.float32, device=q_img.device)
+    keys_img, keys_txt = k_img.float().transpose(1, 2), k_txt.float().transpose(1, 2)  # once, not per tile
     for start in range(0, n_img, rows):
         tile = q_img[:, start:start + rows].float() * scale
-        lse_img = torch.logsumexp(tile @ k_img.float().transpose(1, 2), dim=-1, keepdim=True)
-        lse_txt = torch.logsumexp(tile @ k_txt.float().transpose(1, 2), dim=-1, keepdim=True)
+        lse_img = torch.logsumexp(tile @ keys_img, dim=-1, keepdim=True)
+        lse_txt = torch.logsumexp(tile @ keys_txt, dim=-1, keepdim=True)
         share[:, start:start + rows] = torch.sigmoid(lse_img - lse_txt)  # e^a / (e^a + e^b)
     return share
 
@@ -69,16 +70,17 @@ def joint_adversarial_attention(
     lead = q.shape[:-2]
     q3, k3, v3 = (t.reshape(-1, n, t.shape[-1]) for t in (q, k, v))
     text = torch.cat([torch.arange(0, start), torch.arange(stop, n)]).to(q.device)
-    out = F.scaled_dot_product_attention(q3, k3, v3, scale=scale)  # the model's own, for the text rows
-    if text.numel():
-        q_img, k_img, v_img = q3[:, start:stop], k3[:, start:stop], v3[:, start:stop]
-        k_txt, v_txt = k3[:, text], v3[:, text]
-        share = _image_share(q_img, k_txt, k_img, scale, budget_bytes)
-        on_text = F.scaled_dot_product_attention(q_img, k_txt, v_txt, scale=scale).float()
-        plan = adversarial_sinkhorn_attention(q_img, k_img, v_img, iterations=iterations, strength=strength,
-                                              scale=scale, budget_bytes=budget_bytes).float()
-        out[:, start:stop] = ((1.0 - share) * on_text + share * plan).to(out.dtype)
-    else:  # image tokens only: the plain operator
+    if not text.numel():  # image tokens only: the plain operator
         out = adversarial_sinkhorn_attention(q3, k3, v3, iterations=iterations, strength=strength, scale=scale,
                                              budget_bytes=budget_bytes)
+        return out.reshape(*lead, n, out.shape[-1])
+    q_img, k_img, v_img = q3[:, start:stop], k3[:, start:stop], v3[:, start:stop]
+    k_txt, v_txt = k3[:, text], v3[:, text]
+    out = torch.empty((q3.shape[0], n, v3.shape[-1]), dtype=q.dtype, device=q.device)
+    out[:, text] = F.scaled_dot_product_attention(q3[:, text], k3, v3, scale=scale)  # the model's own
+    share = _image_share(q_img, k_txt, k_img, scale, budget_bytes)
+    on_text = F.scaled_dot_product_attention(q_img, k_txt, v_txt, scale=scale).float()
+    plan = adversarial_sinkhorn_attention(q_img, k_img, v_img, iterations=iterations, strength=strength,
+                                          scale=scale, budget_bytes=budget_bytes).float()
+    out[:, start:stop] = ((1.0 - share) * on_text + share * plan).to(out.dtype)
     return out.reshape(*lead, n, out.shape[-1])

@@ -44,6 +44,11 @@ class LayerAddress:
         """The ComfyUI/Forge ``patches_replace`` key."""
         return (self.part, self.block, self.transformer)
 
+    @property
+    def block_address(self) -> tuple[str, int]:
+        """The address of the UNet block holding the layer (asag/reuse.py orders blocks by it)."""
+        return (self.part, self.block)
+
 
 def address_of(module_name: str) -> LayerAddress | None:
     """The address of an ``attn1`` module from its name relative to the UNet, or None."""

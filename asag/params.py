@@ -143,6 +143,12 @@ PARAMS: tuple[ParamSpec, ...] = (
               "chosen automatically when a ControlNet unit needs it (IP-Adapter, reference, inpaint_only, ...). "
               "A1111 only: Forge batches the extra pass itself.",
               infotext_key="ASAG full batch", xyz=False, group="Compatibility"),
+    ParamSpec("dit_layers", "Transformer-model blocks", str, "auto",
+              "Blocks to perturb on the transformer models of Forge Neo (Flux, Chroma), where 'ASAG layers' does not "
+              "apply: auto (the family's default: double 7-9, single 7-9), all, double, single, or ranges such as "
+              "double 7-9, single 20 (the model's own block numbers), comma separated.",
+              infotext_key="ASAG DiT blocks", group="Advanced",
+              suggestions=("auto", "double 7-9, single 7-9", "single 7-9", "double 7-9", "double", "single", "all")),
 )
 assert all(spec.group in (ESSENTIAL, *GROUPS) for spec in PARAMS)
 
@@ -160,6 +166,8 @@ class _AsagParamsMethods:
             raise ValueError(f"ASAG parameters 'start' and 'end': the window start ({self.start:g}) must not be after its end ({self.end:g})")
         if not self.layers:
             raise ValueError("ASAG parameter 'layers' (ASAG layers): empty, expected a layer list such as 'middle'")
+        if not self.dit_layers:
+            raise ValueError("ASAG parameter 'dit_layers' (Transformer-model blocks): empty, expected 'auto' or blocks such as 'single 7-9'")
 
     # ---- readers ---------------------------------------------------------------------------
     @classmethod

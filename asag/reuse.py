@@ -36,9 +36,12 @@ Recordings live for one step: ``stop()`` after the extra pass drops them. While 
 records, the UNet's own ``forward`` is guarded too, so an exception inside it (out of memory, say)
 drops the recording and puts every forward back at once.
 
-Blocks are addressed as hosts address them: ``("input", i)``, ``("middle", 0)``, ``("output", i)``,
-in execution order. Knows UNet blocks, not hosts: adapters say which rows to record and when, and
-what their blocks do besides computing.
+Blocks are addressed as hosts address them: ``("input", i)``, ``("middle", 0)``, ``("output", i)``
+in a UNet, ``("double", i)``, ``("single", i)`` in a transformer (``HostBlocks.blocks`` lists them),
+in execution order. A transformer's key is its model call's inputs (latent, timestep, context and
+the other conditioning), compared exactly: its first block already gets them projected. Knows
+blocks, not hosts: adapters say which rows to record and when, and what their blocks do besides
+computing.
 """
 from __future__ import annotations
 
@@ -77,29 +80,38 @@ def _nothing(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
 
 @dataclass(frozen=True)
 class HostBlocks:
-    """How a host calls UNet blocks, for what the core cannot see from the modules.
+    """How a host calls a model's blocks, for what the core cannot see from the modules.
 
+    ``blocks(model)``: the model's blocks in execution order with their addresses (a layer's
+    ``block_address`` names the block holding it); a UNet's by default.
     ``block_function``: ``(namespace, name)`` of the function the host's UNet calls every block
     through as ``f(block, h, emb, context, ...)``; None: it calls ``block(h, emb, context, ...)``.
-    ``unreplayable(args, kwargs, replayed)``: why a UNet call (the first block's arguments) cannot
-    be replayed with the blocks at ``replayed`` addresses taken from the main pass, or None. ``skipped(block, args, kwargs)``: what a replayed block's call must still
-    do to the host's state."""
+    ``model_key(args, kwargs)``: where the model's own call holds the inputs that decide every block
+    (a transformer's first block gets them already projected, by products whose rounding depends on
+    the batch): the key of that call, with the context third. None: the first block's
+    ``(h, emb, context)`` are the key.
+    ``unreplayable(args, kwargs, replayed)``: why a call (the first block's arguments, or the
+    model's where ``model_key`` is set) cannot be replayed with the blocks at ``replayed`` addresses
+    taken from the main pass, or None. ``skipped(block, args, kwargs)``: what a replayed block's
+    call must still do to the host's state."""
 
+    blocks: Callable[[torch.nn.Module], list] = unet_blocks
     block_function: tuple | None = None
+    model_key: Callable[[tuple, dict], list] | None = None
     unreplayable: Callable[[tuple, dict, list], str | None] = _no_reason
     skipped: Callable[[torch.nn.Module, tuple, dict], None] = _nothing
 
 
-def blocks_before(diffusion_model, layers: Iterable[LayerAddress]) -> list[torch.nn.Module]:
+def blocks_before(diffusion_model, layers: Iterable[LayerAddress], host: HostBlocks = HostBlocks()) -> list[torch.nn.Module]:
     """The blocks that run before the first block holding one of ``layers``: those the extra pass
     can take from the main pass."""
-    return [module for _, module in addressed_blocks_before(diffusion_model, layers)]
+    return [module for _, module in addressed_blocks_before(diffusion_model, layers, host)]
 
 
-def addressed_blocks_before(diffusion_model, layers: Iterable[LayerAddress]) -> list[tuple[tuple[str, int], torch.nn.Module]]:
-    blocks = unet_blocks(diffusion_model)
+def addressed_blocks_before(diffusion_model, layers: Iterable, host: HostBlocks = HostBlocks()) -> list[tuple[tuple[str, int], torch.nn.Module]]:
+    blocks = host.blocks(diffusion_model)
     order = {address: position for position, (address, _) in enumerate(blocks)}
-    first = min((order[(layer.part, layer.block)] for layer in layers), default=0)
+    first = min((order[layer.block_address] for layer in layers), default=0)
     return blocks[:first]
 
 
@@ -122,7 +134,7 @@ def every_row(rows: int, args: tuple, kwargs: dict) -> range:
 def remove_leftovers(diffusion_model, host: HostBlocks = HostBlocks()) -> None:
     """Put back every forward (and block function) a ``BlockReuse`` left on this UNet (a step that
     ended in an exception between its main and extra passes, outside the UNet)."""
-    for module in [diffusion_model, *(module for _, module in unet_blocks(diffusion_model))]:
+    for module in [diffusion_model, *(module for _, module in host.blocks(diffusion_model))]:
         _restore(module, "forward")
     if host.block_function is not None:
         _restore(*host.block_function)
@@ -178,7 +190,14 @@ class _Replay:
             record.handed_out[position] += stop - start
             if record.handed_out[position] == len(record.rows):
                 record.outputs[position] = None  # the extra pass holds it now; nothing else will
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        return _cat_rows(parts) if len(parts) > 1 else parts[0]
+
+
+def _cat_rows(parts: list):
+    """Recorded rows joined: tensors, or tuples of them (a transformer block's ``(img, txt)``)."""
+    if isinstance(parts[0], tuple):
+        return tuple(_cat_rows(list(column)) for column in zip(*parts))
+    return torch.cat(parts)
 
 
 class BlockReuse:
@@ -191,14 +210,14 @@ class BlockReuse:
                                  (0 with ``reason`` saying why, where it took none)
     """
 
-    def __init__(self, diffusion_model, layers: Iterable[LayerAddress], host: HostBlocks = HostBlocks()):
+    def __init__(self, diffusion_model, layers: Iterable, host: HostBlocks = HostBlocks()):
         self.unet = diffusion_model
         self.host = host
-        addressed = addressed_blocks_before(diffusion_model, layers)
+        addressed = addressed_blocks_before(diffusion_model, layers, host)
         self.addresses = [address for address, _ in addressed]
         self.blocks = [module for _, module in addressed]
         self._position = {id(module): position for position, module in enumerate(self.blocks)}
-        self.total_blocks = len(unet_blocks(diffusion_model))
+        self.total_blocks = len(host.blocks(diffusion_model))
         self.reason: str | None = None  # why the last extra pass was computed in full
         self.peak_bytes = 0  # the most the recordings held in one step
         self._select: RowSelector | None = None  # None: replaying
@@ -280,10 +299,13 @@ class BlockReuse:
 
     # ---- the forwards ---------------------------------------------------------------------------
     def _guard(self):
-        """The UNet's forward, dropping everything if the call raises."""
+        """The model's forward, dropping everything if the call raises; where the host's key is
+        the model call's (``HostBlocks.model_key``), the call starts here."""
         unet, previous = self.unet, vars(self.unet).get("forward")  # ControlNet's hooked forward, say
 
         def forward(*args, **kwargs):
+            if self.host.model_key is not None:
+                self._current = self._start_call(self.host.model_key(args, kwargs), args, kwargs)
             try:
                 return previous(*args, **kwargs) if previous is not None else type(unet).forward(unet, *args, **kwargs)
             except BaseException:
@@ -315,8 +337,8 @@ class BlockReuse:
         return call_block
 
     def _block_call(self, position: int, module, compute, args: tuple, kwargs: dict):
-        if position == 0:
-            self._current = self._start_call(args, kwargs)
+        if position == 0 and self.host.model_key is None:
+            self._current = self._start_call(_key(args, kwargs), args, kwargs)
         call = self._current
         if isinstance(call, _Replay):
             self.host.skipped(module, args, kwargs)
@@ -327,8 +349,7 @@ class BlockReuse:
             call.handed_out.append(0)
         return out
 
-    def _start_call(self, args: tuple, kwargs: dict):
-        key = _key(args, kwargs)
+    def _start_call(self, key: list, args: tuple, kwargs: dict):
         rows = key[0].shape[0]
         if self._select is not None:
             selected = self._select(rows, args, kwargs)
@@ -441,7 +462,7 @@ def _part_matches(a, b, slack: bool):
         return False
     if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype or a.device != b.device:
         return False
-    mine, theirs = a.flatten(1)[:, None], b.flatten(1)[None]
+    mine, theirs = a.reshape(a.shape[0], -1)[:, None], b.reshape(b.shape[0], -1)[None]  # rows x values
     if not slack or not a.is_floating_point():
         return (mine == theirs).all(dim=2)
     tolerance = embedding_slack(a.dtype, a.device) * theirs.abs().amax(dim=2)

@@ -28,7 +28,7 @@ from .. import guidance, layers, sinkhorn
 from ..diagnostics import Diagnostics, Stopwatch, synchronize
 from ..log import logger
 from ..reuse import BlockReuse, HostBlocks, remove_leftovers
-from . import detect, job
+from . import detect, families, forge_dit, job
 from .settings import HostOptions
 
 STATE_ATTR = "_asag_state"
@@ -53,6 +53,7 @@ class ForgeJob:
         self.diagnostics = Diagnostics() if options.diagnostics else None
         self.pass_params = None  # the settings of the sampling pass under way (first pass or hires fix)
         self.selected = []  # that pass's selected layers
+        self.acts = None  # acts(latent): whether they can change anything for this latent
         self.reuse: BlockReuse | None = None  # that pass's UNet's reusable blocks
         self.step = None  # the step's CFGDenoiserParams; read at call time, later callbacks may replace .x
         self.step_x = None  # the step's x as it was when ASAG's on_cfg_denoiser ran
@@ -88,7 +89,7 @@ def remember_step(params) -> None:
     model = p.sd_model.forge_objects.unet.model
     if guidance.scale_at(state.pass_params, _progress(state.pass_params, state, model, params.sigma)) == 0:
         return
-    if not job.acts_at(p, state.pass_params, model.diffusion_model, state.selected, params.x):
+    if not state.acts(params.x):
         return
     if state.reuse is not None:
         state.reuse.record(cond_rows)
@@ -167,33 +168,45 @@ def before_sampling(p) -> None:
     sd_model = p.sd_model
     host = detect.detect_host()
     is_unet = any(getattr(sd_model, flag, False) for flag in ("is_sd1", "is_sd2", "is_sdxl"))
-    if is_unet:  # with ASAG on or off: what a generation that an exception ended mid-step left
-        remove_leftovers(sd_model.forge_objects.unet.model.diffusion_model, host_blocks(host))
+    family = None if is_unet else families.family_for(sd_model.forge_objects.unet.model.diffusion_model)
+    blocks = host_blocks(host) if is_unet else forge_dit.host_blocks(family) if family else None
+    if blocks is not None:  # with ASAG on or off: what a generation that an exception ended mid-step left
+        remove_leftovers(sd_model.forge_objects.unet.model.diffusion_model, blocks)
     params = job.params_for_pass(state.params if state else None, getattr(p, "is_hr_pass", False))
     if params is None:
         _remove_functions(sd_model)
         return
-    if not is_unet:
-        job.not_applied(p, "this is not a UNet model (a transformer such as Flux, Chroma, SD3, Qwen-Image, Z-Image, "
-                            "Lumina 2, Anima or Wan); ASAG supports SD1, SD2 and SDXL")
+    if blocks is None:
+        job.not_applied(p, "ASAG supports SD1, SD2, SDXL and, on Forge Neo, the transformer models "
+                           f"{', '.join(f.name for f in families.FAMILIES)}; not yet SD3, Qwen-Image, Z-Image, Lumina 2, "
+                           "Anima or Wan")
         return
     unet = sd_model.forge_objects.unet.clone()
     diffusion_model = unet.model.diffusion_model
+    budget = state.options.attention_budget_bytes
     try:
-        selected = layers.resolve_layers(params.layers, layers.self_attention_modules(diffusion_model))
+        if is_unet:
+            selected = layers.resolve_layers(params.layers, layers.self_attention_modules(diffusion_model))
+            # 3-tuple keys: Forge tries (block, id, index) before (block, id), and reference-only
+            # registers 3-tuple keys on every layer, which would shadow 2-tuple ones.
+            perturbation = UnetPerturbation(params, [address.patch_key for address in selected], budget)
+            state.acts = lambda latent: job.acts_at(p, params, diffusion_model, selected, latent)
+        else:
+            family.check_host()
+            selected = family.resolve(params.dit_layers, diffusion_model)
+            perturbation = forge_dit.DitPerturbation(family, diffusion_model, selected, params, budget)
+            state.acts = lambda latent: True  # image tokens attend over many: never the identity
     except ValueError as err:
         job.not_applied(p, str(err))
         return
     state.pass_params, state.selected = params, selected
-    state.reuse = BlockReuse(diffusion_model, selected, host_blocks(host)) if state.options.reuse else None
-    # 3-tuple keys: Forge tries (block, id, index) before (block, id), and reference-only
-    # registers 3-tuple keys on every layer, which would shadow 2-tuple ones.
-    keys = [address.patch_key for address in selected]
-    post_cfg = _post_cfg_function(p, params, state, keys, _cond_prediction(host))
+    state.reuse = BlockReuse(diffusion_model, selected, blocks) if state.options.reuse else None
+    post_cfg = _post_cfg_function(p, params, state, perturbation, _cond_prediction(host))
     _put_first(unet.model_options, "sampler_pre_cfg_function", _pre_cfg_function(host, state, post_cfg))
     _put_first(unet.model_options, "sampler_post_cfg_function", post_cfg)
     sd_model.forge_objects.unet = unet
-    logger.debug("%s: extra pass with Sinkhorn attn1 at %s", host, ", ".join(map(str, keys)))
+    logger.debug("%s: extra pass with Sinkhorn attention at %s%s", host, ", ".join(map(str, selected)),
+                 f" of {family.name}" if family else "")
 
 
 def _remove_functions(sd_model) -> None:
@@ -244,33 +257,42 @@ def _cond_prediction(host: str):
     return lambda model, cond, x, sigma, options: calc_cond_uncond_batch(model, cond, None, x, sigma, options)[0]
 
 
-def _post_cfg_function(p, params, state: ForgeJob, keys, cond_prediction):
-    budget = state.options.attention_budget_bytes
-    attn1 = sinkhorn_attn1(params, budget_bytes=budget)
+class UnetPerturbation:
+    """The extra pass's ``model_options`` with the Sinkhorn ``attn1`` replacement at ``keys``."""
 
+    def __init__(self, params, keys, budget_bytes: int):
+        self.keys, self.budget_bytes = keys, budget_bytes
+        self.attn1 = sinkhorn_attn1(params, budget_bytes=budget_bytes)
+        self.params = params
+
+    @contextlib.contextmanager
+    def perturbed(self, model_options: dict, observe=None):
+        attn1 = self.attn1 if observe is None else sinkhorn_attn1(self.params, observe, self.budget_bytes)
+        yield with_attn1_replacement(model_options, attn1, self.keys)
+
+
+def _post_cfg_function(p, params, state: ForgeJob, perturbation, cond_prediction):
     def asag_post_cfg(args):
         denoised = args["denoised"]
         if not state.main_call:
             return denoised  # reference-only's recording call: leave its recordings alone
         model, sigma = args["model"], args["sigma"]
         scale = guidance.scale_at(params, _progress(params, state, model, sigma))
-        if scale == 0 or not job.acts_at(p, params, model.diffusion_model, state.selected, args["input"]):
+        if scale == 0 or not state.acts(args["input"]):
             state.stop_recording()
             return denoised
         diagnostics = state.diagnostics
         if diagnostics is not None:
             synchronize(denoised)
             diagnostics.main_seconds += time.perf_counter() - state.step_started
-        replacement = attn1 if diagnostics is None else \
-            sinkhorn_attn1(params, diagnostics.plan_observer(params.iterations, params.strength), budget)
-        options = with_attn1_replacement(args["model_options"], replacement, keys)
+        observe = None if diagnostics is None else diagnostics.plan_observer(params.iterations, params.strength)
         watch = Stopwatch(denoised) if diagnostics is not None else contextlib.nullcontext()
         conds = args["cond"]
         try:
             if state.reuse is not None:
                 state.reuse.replay()
                 conds = [_context_as_recorded(cond, state.reuse) for cond in conds]
-            with watch:
+            with watch, perturbation.perturbed(args["model_options"], observe) as options:
                 perturbed = cond_prediction(model, conds, args["input"], sigma, options)
         finally:
             reused_blocks = state.stop_recording()

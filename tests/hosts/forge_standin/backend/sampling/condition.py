@@ -1,6 +1,8 @@
 # Stand-in for lllyasviel/stable-diffusion-webui-forge backend/sampling/condition.py at
 # dfdcbab685e57677014f05a3309b48cc87383167: Condition, ConditionCrossAttn, compile_conditions and
-# compile_weighted_conditions (AND prompts) for plain tensor (SD1-style) conditioning. Dict (SDXL) conditioning is not modelled.
+# compile_weighted_conditions (AND prompts), for tensor (SD1) and dict conditioning (SDXL, Flux:
+# crossattn, the pooled vector as `y`, Flux's distilled guidance as `guidance`; selected by the
+# WebUI's DictWithShape.advanced_indexing). Forge Neo's file (5692d2d) is the same.
 # Kept faithful: prompts of different lengths batch together (up to a 4x length ratio), the
 # shorter contexts repeated to the least common multiple of the lengths.
 import math
@@ -60,7 +62,13 @@ class ConditionCrossAttn(Condition):
 def compile_conditions(cond):
     if cond is None:
         return None
-    return [dict(cross_attn=cond, model_conds=dict(c_crossattn=ConditionCrossAttn(cond)))]
+    if isinstance(cond, torch.Tensor):
+        return [dict(cross_attn=cond, model_conds=dict(c_crossattn=ConditionCrossAttn(cond)))]
+    result = dict(cross_attn=cond["crossattn"], pooled_output=cond["vector"],
+                  model_conds=dict(c_crossattn=ConditionCrossAttn(cond["crossattn"]), y=Condition(cond["vector"])))
+    if "guidance" in cond:
+        result["model_conds"]["guidance"] = Condition(cond["guidance"])
+    return [result]
 
 
 def compile_weighted_conditions(cond, weights):
@@ -70,7 +78,7 @@ def compile_weighted_conditions(cond, weights):
     results = []
     for column in map(list, zip(*weights)):
         rows = [i for i, _ in column]
-        h = compile_conditions(cond[rows])
+        h = compile_conditions(cond.advanced_indexing(rows) if hasattr(cond, "advanced_indexing") else cond[rows])
         h[0]["strength"] = column[-1][1]
         results += h
     return results

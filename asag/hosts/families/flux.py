@@ -1,0 +1,31 @@
+"""Flux.1, Flux.2 Klein and Chroma on Forge Neo (``backend/nn/flux.py``, ``backend/nn/chroma.py``).
+
+Both run 19 double-stream blocks (text and image each with their own weights, one attention over
+``cat(txt, img)``), then 38 single-stream blocks over the joint sequence; Chroma reuses Flux's
+block classes, so both attend through ``backend.nn.flux.attention`` -> its module-level
+``attention_function``, after the rope. ``forward_orig`` names the block in
+``transformer_options`` (``block_type`` "double" / "single", ``block_index``) before each call.
+
+Default blocks: ComfyUI's SkipLayerGuidanceDiT (comfy_extras/nodes_slg.py), the guidance
+ComfyUI offers for Flux, Chroma and SD3, defaults to blocks 7, 8, 9 of each kind, taken from
+Stability AI's skip-layer guidance for SD3.5 (layers 7-9); ASAG perturbs the same blocks'
+attention rather than skipping them.
+"""
+from __future__ import annotations
+
+from .base import DitFamily
+
+_BLOCK_LISTS = (("double", "double_blocks"), ("single", "single_blocks"))
+_REPLACE_KEYS = {"double": "double_block", "single": "single_block"}
+_DEFAULT = "double 7-9, single 7-9"
+_SOURCE = "ComfyUI SkipLayerGuidanceDiT's default blocks (7-9 of each kind), from SD3.5's skip-layer guidance"
+
+FLUX = DitFamily(
+    name="Flux", model_class="backend.nn.flux.IntegratedFluxTransformer2DModel", block_lists=_BLOCK_LISTS,
+    replace_keys=_REPLACE_KEYS, attention_module="backend.nn.flux", default_blocks=_DEFAULT, default_source=_SOURCE,
+)
+CHROMA = DitFamily(
+    name="Chroma", model_class="backend.nn.chroma.IntegratedChromaTransformer2DModel", block_lists=_BLOCK_LISTS,
+    replace_keys=_REPLACE_KEYS, attention_module="backend.nn.flux", default_blocks=_DEFAULT, default_source=_SOURCE,
+    skip_lists={"double": "skip_mmdit", "single": "skip_dit"},
+)

@@ -1,0 +1,133 @@
+"""ASAG on the transformer (DiT) models of Forge Neo: what differs from a UNet, for any family
+(asag/hosts/families).
+
+The guidance side is the UNet's (asag/hosts/forge.py): the same post-CFG function runs the extra
+pass on the cond rows through the host's batch helper, at any CFG scale (at CFG 1 Neo skips the
+uncond rows and the result is ``cond + scale * (cond - perturbed)``). What differs is how the
+extra pass is perturbed and how its blocks are taken from the main pass:
+
+* No DiT of Neo has an attention-level replace hook, so for the extra pass alone the family's
+  module-level ``attention_function`` is swapped for one that computes the selected blocks' joint
+  attention with ``asag.joint`` (image queries over image keys through the adversarial plan, the
+  text's weights and share kept; text rows as the model computes them) and calls the host's own
+  for every other block. It is put back when the pass ends, however it ends. The joint sequence's
+  text length is the context length of the model call under way, read from the call itself.
+* Reuse (asag/reuse.py): the blocks before the first perturbed one, keyed by the model call's
+  inputs (latent, timestep, context, pooled vector, distilled guidance), compared exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import torch
+
+from .. import joint
+from ..log import logger
+from ..reuse import WRAPPER_ATTR, HostBlocks
+
+# Model call arguments that are not conditioning: ControlNet's residuals are added between blocks,
+# outside the replayed calls, and transformer_options is the host's bookkeeping.
+NOT_KEYED = ("x", "timestep", "context", "control", "transformer_options")
+
+
+def host_blocks(family) -> HostBlocks:
+    """How Neo calls a transformer's blocks (asag/reuse.py): the model call holds the key."""
+    def model_key(args: tuple, kwargs: dict) -> list:
+        x, timestep, context = (*args, None, None, None)[:3]
+        x = kwargs.get("x", x)
+        timestep, context = kwargs.get("timestep", timestep), kwargs.get("context", context)
+        rows = x.shape[0]
+        extra = [kwargs[name] for name in sorted(kwargs) if name not in NOT_KEYED and _row_tensor(kwargs[name], rows)]
+        return [x, timestep, context, *extra]
+
+    def unreplayable(args: tuple, kwargs: dict, replayed: list) -> str | None:
+        rows = (args[0] if args else kwargs["x"]).shape[0]
+        for name, value in kwargs.items():
+            if name not in NOT_KEYED and value is not None and not _row_tensor(value, rows):
+                return f"the model call's {name} cannot be compared row by row"
+        options = kwargs.get("transformer_options") or {}
+        table = (options.get("patches_replace") or {}).get("dit") or {}
+        for kind, index in replayed:
+            if (family.replace_keys[kind], index) in table:
+                return f"a dit replacement is set on {kind} block {index}"
+        return None
+
+    return HostBlocks(blocks=family.blocks, model_key=model_key, unreplayable=unreplayable)
+
+
+def _row_tensor(value, rows: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows
+
+
+class DitPerturbation:
+    """One sampling pass's perturbation of a transformer: ``perturbed(model_options, observe)``
+    is the extra pass's context; inside it the selected blocks attend through ASAG's operator."""
+
+    def __init__(self, family, diffusion_model, selected, params, budget_bytes: int):
+        self.family, self.model = family, diffusion_model
+        self.selected = {block.block_address for block in selected}
+        self.params, self.budget_bytes = params, budget_bytes
+        self._mask_said = False
+
+    @contextlib.contextmanager
+    def perturbed(self, model_options: dict, observe=None):
+        module = importlib.import_module(self.family.attention_module)
+        original = module.attention_function
+        text_tokens = []  # the context length of each model call of the pass, the latest last
+        ours = self._attention_function(original, text_tokens, observe)
+        module.attention_function = ours
+        probe = _install_context_probe(self.model, text_tokens)
+        try:
+            yield model_options
+        finally:
+            if module.attention_function is ours:
+                module.attention_function = original
+            _remove(self.model, probe)
+
+    def _attention_function(self, original, text_tokens: list, observe):
+        params, family, selected = self.params, self.family, self.selected
+
+        def asag_attention_function(q, k, v, heads, *args, skip_reshape=False, mask=None, transformer_options=None, **kwargs):
+            options = transformer_options or {}
+            block = (options.get("block_type"), options.get("block_index"))
+            if block not in selected or not skip_reshape or not text_tokens or mask is not None:
+                if block in selected and mask is not None and not self._mask_said:
+                    self._mask_said = True
+                    logger.warning("%s block %s attends with a mask, which ASAG does not perturb: computed as the model does",
+                                   *block)
+                return original(q, k, v, heads, *args, skip_reshape=skip_reshape, mask=mask,
+                                transformer_options=transformer_options, **kwargs)
+            batch, _, tokens, dim = q.shape
+            image = family.image_tokens(text_tokens[-1])
+            if observe is not None:  # the image queries and keys, as (batch, tokens, heads * dim)
+                observe(*(t[:, :, image].transpose(1, 2).reshape(batch, -1, heads * dim) for t in (q, k)), heads, dim ** -0.5)
+            out = joint.joint_adversarial_attention(q, k, v, image, iterations=params.iterations, strength=params.strength,
+                                                    budget_bytes=self.budget_bytes)
+            return out.transpose(1, 2).reshape(batch, tokens, heads * v.shape[-1])
+
+        return asag_attention_function
+
+
+def _install_context_probe(model, text_tokens: list):
+    """Put a forward on ``model`` that notes each call's context length, then runs the call."""
+    previous = vars(model).get("forward")  # reuse's guard, or another extension's forward
+
+    def forward(*args, **kwargs):
+        context = kwargs.get("context", args[2] if len(args) > 2 else None)
+        text_tokens.append(context.shape[1])
+        return previous(*args, **kwargs) if previous is not None else type(model).forward(model, *args, **kwargs)
+
+    setattr(forward, WRAPPER_ATTR, previous)  # reuse.remove_leftovers takes it off too
+    model.forward = forward
+    return forward
+
+
+def _remove(model, forward) -> None:
+    if vars(model).get("forward") is not forward:
+        return
+    previous = getattr(forward, WRAPPER_ATTR)
+    if previous is None:
+        del model.forward
+    else:
+        model.forward = previous

@@ -1,0 +1,39 @@
+# Stand-in for Forge Neo backend/modules/k_prediction.py (exo101/sd-webui-forge-neo-v3 5692d2d,
+# webui/backend/modules/k_prediction.py:28-30, :58-100, :151-182): PredictionFlux, the rectified
+# flow ("const") predictor of Flux and Chroma. Kept faithful: the input is the latent itself, the
+# timestep is sigma, denoised = x - output * sigma, and the sigmas (whose ends are sigma_min and
+# sigma_max) are flux_time_shift(shift, 1, t) at t = 1/10000 ... 1.
+import math
+
+import torch
+
+
+def flux_time_shift(mu, sigma, t):
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
+
+
+class PredictionFlux(torch.nn.Module):
+    def __init__(self, shift=1.15, timesteps=10000):
+        super().__init__()
+        self.shift = shift
+        self.register_buffer("sigmas", self.sigma(torch.arange(1, timesteps + 1, 1) / timesteps))
+
+    @property
+    def sigma_min(self):
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self):
+        return self.sigmas[-1]
+
+    def timestep(self, sigma):
+        return sigma
+
+    def sigma(self, timestep):
+        return flux_time_shift(self.shift, 1.0, timestep)
+
+    def calculate_input(self, sigma, noise):
+        return noise
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_input - model_output * sigma.view(sigma.shape[:1] + (1,) * (model_output.ndim - 1))

@@ -234,8 +234,8 @@ class BlockReuse:
 
     def record(self, select: RowSelector) -> None:
         self.stop()
-        if not self.blocks:
-            return
+        if not self.blocks and self.host.model_key is None:
+            return  # nothing to record (a model keyed by its call still records its inputs: see repeated_as_recorded)
         self._select = select
         self.unet.forward = self._guard()
         if self.host.block_function is not None:

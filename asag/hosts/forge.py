@@ -177,9 +177,9 @@ def before_sampling(p) -> None:
         _remove_functions(sd_model)
         return
     if blocks is None:
-        job.not_applied(p, "ASAG supports SD1, SD2, SDXL and, on Forge Neo, the transformer models "
-                           f"{', '.join(f.name for f in families.FAMILIES)}; not yet SD3, Qwen-Image, Z-Image, Lumina 2, "
-                           "Anima or Wan")
+        job.not_applied(p, "this is not a UNet model (SD1, SD2, SDXL) nor a transformer ASAG supports "
+                           f"({', '.join(f.name for f in families.FAMILIES)} on Forge Neo); not yet SD3, Qwen-Image, "
+                           "Z-Image, Lumina 2, Anima or Wan")
         return
     unet = sd_model.forge_objects.unet.clone()
     diffusion_model = unet.model.diffusion_model
@@ -200,7 +200,10 @@ def before_sampling(p) -> None:
         job.not_applied(p, str(err))
         return
     state.pass_params, state.selected = params, selected
-    state.reuse = BlockReuse(diffusion_model, selected, blocks) if state.options.reuse else None
+    # A transformer's extra pass must see the text as the main pass ran it (repeated to the batch's
+    # length, which changes joint attention), so its main pass is read even with reuse off.
+    reused = selected if state.options.reuse else []
+    state.reuse = BlockReuse(diffusion_model, reused, blocks) if state.options.reuse or not is_unet else None
     post_cfg = _post_cfg_function(p, params, state, perturbation, _cond_prediction(host))
     _put_first(unet.model_options, "sampler_pre_cfg_function", _pre_cfg_function(host, state, post_cfg))
     _put_first(unet.model_options, "sampler_post_cfg_function", post_cfg)

@@ -6,13 +6,17 @@ from asag.layers import unet_blocks
 
 
 class BlockCounter:
-    def __init__(self, unets):
+    """``blocks(model)`` lists a model's addressed blocks (a UNet's by default) and ``first_layer(block)``
+    the module whose class forward counts a computation (a transformer block is its own)."""
+
+    def __init__(self, unets, blocks=unet_blocks, first_layer=lambda block: block[0]):
         self.unet_calls = self.block_computations = 0
         self.handles = [unet.register_forward_pre_hook(lambda *_: self._add("unet_calls")) for unet in unets]
         # Counted by identity: a control network's deep copy of the encoder has layers of the same classes.
-        self.own = {id(block[0]) for unet in unets for _, block in unet_blocks(unet)}
+        layers = [first_layer(block) for unet in unets for _, block in blocks(unet)]
+        self.own = {id(layer) for layer in layers}
         self.patched = {}
-        for cls in {type(block[0]) for unet in unets for _, block in unet_blocks(unet)}:
+        for cls in {type(layer) for layer in layers}:
             self.patched[cls] = vars(cls).get("forward")
             cls.forward = self._counting(cls.forward)
 

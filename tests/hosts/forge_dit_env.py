@@ -14,7 +14,7 @@ import torch
 # CLIP-L vector 768. Ten blocks of each kind keep the default selection (7-9 of each) meaningful.
 CONTEXT_DIM, VECTOR_DIM, LATENT_CHANNELS = 40, 32, 16
 FLUX = dict(in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, vec_in_dim=VECTOR_DIM, context_in_dim=CONTEXT_DIM,
-            hidden_size=48, mlp_ratio=2.0, num_heads=3, depth=10, depth_single_blocks=10, axes_dim=[4, 6, 6], theta=10000,
+            hidden_size=48, mlp_ratio=4.0, num_heads=3, depth=10, depth_single_blocks=10, axes_dim=[4, 6, 6], theta=10000,
             patch_size=2, qkv_bias=True, guidance_embed=True)
 CHROMA = dict(in_channels=LATENT_CHANNELS * 4, out_channels=LATENT_CHANNELS * 4, context_in_dim=CONTEXT_DIM, hidden_size=48,
               mlp_ratio=2.0, num_heads=3, depth=10, depth_single_blocks=10, axes_dim=[4, 6, 6], theta=10000, patch_size=2,

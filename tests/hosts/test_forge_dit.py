@@ -1,0 +1,332 @@
+"""ASAG on the transformer models of Forge Neo: Flux and Chroma (small random-weight models of
+the architecture of Neo's backend/nn/flux.py and chroma.py, stand-ins in tests/hosts/forge_neo_standin,
+the Flux one checked against diffusers' FluxTransformer2DModel). Through Neo's sampling function,
+at CFG 1 (the distilled models) and above: the guided result by hand, scale 0 and the next plain
+image bit-identical, the host's attention function and the model's forwards back after every
+pass (also one that fails), the joint-attention reading at the host's call (text rows the
+model's, the text length the context's), reuse of the main pass equal to none with exactly the
+reused blocks skipped, block addressing and its errors, and the not-applied note for models ASAG
+has no family for."""
+import importlib
+
+import pytest
+import torch
+from einops import rearrange
+
+from asag.hosts.settings import HostOptions
+from asag.params import NOTE_KEY
+from asag.reuse import WRAPPER_ATTR
+from tests.core.reference import reference_plan
+from tests.hosts.block_counter import BlockCounter
+from tests.hosts.forge_dit_env import FLUX, dit_inputs, dit_model, dit_p
+from tests.hosts.forge_env import ScriptCallbacks, _host, denoise_step, reset_forge_objects
+from tests.hosts.test_forge_adapter import start
+
+SIGMA = 0.7
+FAMILIES = ["flux", "chroma"]
+SIGMAS = torch.tensor([1.0, 0.75, 0.5, 0.25])
+
+
+@pytest.fixture
+def neo():
+    yield from _host("neo")
+
+
+def flux_module():
+    return importlib.import_module("backend.nn.flux")
+
+
+def step(host, family, cond_scale, *, options=HostOptions(), uncond_tokens=8, **fields):
+    """One denoiser step of a fresh generation; returns (p, (denoised, cond_pred, uncond_pred))."""
+    x, cond, uncond = dit_inputs(family, uncond_tokens=uncond_tokens)
+    p = dit_p(host, family)
+    callbacks = start(host, p, options=options, **fields) if fields else ScriptCallbacks()
+    out = denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, cond_scale)
+    if fields:
+        assert_nothing_left(p)
+        host.forge.end_job(p)
+    return p, out
+
+
+def assert_nothing_left(p):
+    model = p.sd_model.forge_objects.unet.model.diffusion_model
+    assert not any(hasattr(vars(m).get("forward"), WRAPPER_ATTR) for m in model.modules())
+    assert flux_module().attention_function is importlib.import_module("backend.attention").attention_function
+
+
+def joint_by_hand(q, k, v, text, iterations, strength=1.0):
+    """The chosen reading of ASAG on joint attention, in float64 from its formula: text rows are
+    the model's softmax attention; an image row keeps the model's weights on the text and spreads
+    its remaining share over the image by the reference plan among the image tokens."""
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    weights = torch.softmax(q64 @ k64.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+    out = weights @ v64
+    image = slice(text, None)
+    plan = reference_plan(q[:, :, image], k[:, :, image], iterations=iterations, strength=strength)
+    share = weights[:, :, image, image].sum(-1, keepdim=True)
+    out[:, :, image] = weights[:, :, image, :text] @ v64[:, :, :text] + share * (plan @ v64[:, :, image])
+    return out
+
+
+def perturbed_by_hand(p, x, cond, blocks, iterations):
+    """The cond prediction with ``blocks`` attending by ``joint_by_hand``, run by the model itself
+    (Neo's KModel), without ASAG's code."""
+    flux, kmodel = flux_module(), p.sd_model.forge_objects.unet.model
+    original = flux.attention_function
+    text = cond["crossattn"].shape[1]
+
+    def by_hand(q, k, v, heads, skip_reshape=False, mask=None, transformer_options=None, **kwargs):
+        if (transformer_options["block_type"], transformer_options["block_index"]) not in blocks:
+            return original(q, k, v, heads, skip_reshape=skip_reshape, mask=mask, transformer_options=transformer_options, **kwargs)
+        out = joint_by_hand(q, k, v, text, iterations).to(q.dtype)
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+    conds = {"c_crossattn": cond["crossattn"], "y": cond["vector"], **({"guidance": cond["guidance"]} if "guidance" in cond else {})}
+    flux.attention_function = by_hand
+    try:
+        with torch.no_grad():
+            return kmodel.apply_model(x, torch.full((x.shape[0],), SIGMA), **conds)
+    finally:
+        flux.attention_function = original
+
+
+def to_diffusers(state: dict, hidden: int) -> dict:
+    """A BFL-named Flux state dict under diffusers' names (as diffusers' single-file converter maps
+    them, which itself only takes the full-size model): fused qkv split, final shift/scale swapped."""
+    out = {}
+
+    def put(theirs, ours, split=None, part=0):
+        for kind in ("weight", "bias"):
+            if f"{ours}.{kind}" in state:
+                value = state[f"{ours}.{kind}"]
+                out[f"{theirs}.{kind}"] = value if split is None else torch.split(value, split)[part]
+
+    for a, b in (("time_text_embed.timestep_embedder", "time_in"), ("time_text_embed.text_embedder", "vector_in"),
+                 ("time_text_embed.guidance_embedder", "guidance_in")):
+        put(f"{a}.linear_1", f"{b}.in_layer"), put(f"{a}.linear_2", f"{b}.out_layer")
+    put("context_embedder", "txt_in"), put("x_embedder", "img_in"), put("proj_out", "final_layer.linear")
+    shift, scale = state["final_layer.adaLN_modulation.1.weight"].chunk(2), state["final_layer.adaLN_modulation.1.bias"].chunk(2)
+    out["norm_out.linear.weight"], out["norm_out.linear.bias"] = torch.cat(shift[::-1]), torch.cat(scale[::-1])
+    blocks = {int(name.split(".")[1]) for name in state if name.startswith("double_blocks.")}
+    for i in blocks:
+        ours, theirs = f"double_blocks.{i}", f"transformer_blocks.{i}"
+        put(f"{theirs}.norm1.linear", f"{ours}.img_mod.lin"), put(f"{theirs}.norm1_context.linear", f"{ours}.txt_mod.lin")
+        for part, (img, txt) in enumerate((("to_q", "add_q_proj"), ("to_k", "add_k_proj"), ("to_v", "add_v_proj"))):
+            put(f"{theirs}.attn.{img}", f"{ours}.img_attn.qkv", hidden, part), put(f"{theirs}.attn.{txt}", f"{ours}.txt_attn.qkv", hidden, part)
+        for norm, (img, txt) in (("query_norm", ("norm_q", "norm_added_q")), ("key_norm", ("norm_k", "norm_added_k"))):
+            put(f"{theirs}.attn.{img}", f"{ours}.img_attn.norm.{norm}"), put(f"{theirs}.attn.{txt}", f"{ours}.txt_attn.norm.{norm}")
+        put(f"{theirs}.attn.to_out.0", f"{ours}.img_attn.proj"), put(f"{theirs}.attn.to_add_out", f"{ours}.txt_attn.proj")
+        put(f"{theirs}.ff.net.0.proj", f"{ours}.img_mlp.0"), put(f"{theirs}.ff.net.2", f"{ours}.img_mlp.2")
+        put(f"{theirs}.ff_context.net.0.proj", f"{ours}.txt_mlp.0"), put(f"{theirs}.ff_context.net.2", f"{ours}.txt_mlp.2")
+    singles = {int(name.split(".")[1]) for name in state if name.startswith("single_blocks.")}
+    for i in singles:
+        ours, theirs = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
+        mlp = state[f"{ours}.linear1.weight"].shape[0] - 3 * hidden
+        for part, name in enumerate(("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")):
+            put(f"{theirs}.{name}", f"{ours}.linear1", [hidden, hidden, hidden, mlp], part)
+        put(f"{theirs}.norm.linear", f"{ours}.modulation.lin"), put(f"{theirs}.proj_out", f"{ours}.linear2")
+        put(f"{theirs}.attn.norm_q", f"{ours}.norm.query_norm"), put(f"{theirs}.attn.norm_k", f"{ours}.norm.key_norm")
+    return out
+
+
+def test_the_flux_stand_in_computes_what_diffusers_flux_computes(neo):
+    """The stand-in is the BFL architecture: its weights, under diffusers' names, give diffusers'
+    FluxTransformer2DModel the same output."""
+    from diffusers import FluxTransformer2DModel
+
+    model = dit_model("flux")
+    reference = FluxTransformer2DModel(in_channels=FLUX["in_channels"] * 4, num_layers=FLUX["depth"], num_single_layers=FLUX["depth_single_blocks"],
+                                       attention_head_dim=FLUX["hidden_size"] // FLUX["num_heads"], num_attention_heads=FLUX["num_heads"],
+                                       joint_attention_dim=FLUX["context_in_dim"], pooled_projection_dim=FLUX["vec_in_dim"], guidance_embeds=True,
+                                       axes_dims_rope=tuple(FLUX["axes_dim"]))
+    reference.load_state_dict(to_diffusers(model.state_dict(), FLUX["hidden_size"]), strict=True)
+    x, cond, _ = dit_inputs("flux")
+    t = torch.tensor([SIGMA])
+    with torch.no_grad():
+        ours = model(x, t, context=cond["crossattn"], y=cond["vector"], guidance=cond["guidance"])
+        img, img_ids = model.process_img(x)
+        theirs = reference(hidden_states=img, encoder_hidden_states=cond["crossattn"], pooled_projections=cond["vector"], timestep=t,
+                           img_ids=img_ids[0], txt_ids=torch.zeros(cond["crossattn"].shape[1], 3), guidance=cond["guidance"]).sample
+    theirs = rearrange(theirs, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=x.shape[2] // 2, ph=2, pw=2)
+    assert ours.abs().max() > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_at_cfg_1_the_result_is_cond_plus_scale_times_cond_minus_perturbed(neo, family):
+    """Distilled models run at CFG 1, where Neo skips the uncond rows: the extra pass still runs."""
+    p, (denoised, cond_pred, _) = step(neo, family, 1.0, scale=2.0, iterations=3, dit_layers="double 2, single 3")
+    x, cond, _ = dit_inputs(family)
+    perturbed = perturbed_by_hand(dit_p(neo, family), x, cond, {("double", 2), ("single", 3)}, iterations=3)
+    assert (denoised - cond_pred).abs().max() > 1e-2 * cond_pred.abs().max()
+    torch.testing.assert_close(denoised, cond_pred + 2.0 * (cond_pred - perturbed), rtol=0, atol=1e-4 * cond_pred.abs().max().item())
+    assert p.extra_generation_params == {"ASAG scale": 2.0, "ASAG iterations": 3, "ASAG DiT blocks": "double 2, single 3"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_with_cfg_the_guidance_adds_to_the_cfg_result(neo, family):
+    _, (plain, _, _) = step(neo, family, 3.5)
+    _, (denoised, cond_pred, uncond_pred) = step(neo, family, 3.5, scale=2.0)  # auto: double 7-9, single 7-9
+    cfg = uncond_pred + (cond_pred - uncond_pred) * 3.5
+    torch.testing.assert_close(cfg, plain, rtol=0, atol=1e-5)
+    assert (denoised - cfg).abs().max() > 1e-2 * cfg.abs().max()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scale_0_and_the_next_plain_generation_are_bit_identical(neo, family):
+    """Plain, ASAG at scale 0, ASAG, plain again: one model and patcher, forge_objects reset before
+    each generation as the host does, three Euler steps of the flow model."""
+    host = neo
+    p = dit_p(host, family)
+    pristine = p.sd_model.forge_objects.unet
+    callbacks = ScriptCallbacks()
+    host.forge.register_callbacks(callbacks)
+    x0, cond, uncond = dit_inputs(family)
+
+    def generate(fields):
+        reset_forge_objects(p, pristine)
+        host.forge.start_job(p, host.job.start(p, [fields]))
+        host.forge.before_sampling(p)
+        x = x0
+        for i, (sigma, following) in enumerate(zip(SIGMAS, SIGMAS[1:])):
+            denoised = denoise_step(host, p, callbacks, x, sigma, cond, uncond, 1.0, step=i, total=len(SIGMAS) - 1)[0]
+            x = x + (x - denoised) / sigma * (following - sigma)
+        assert_nothing_left(p)
+        host.forge.end_job(p)
+        return x
+
+    before = generate({"enabled": False})
+    assert torch.equal(generate({"enabled": True, "scale": 0.0}), before)
+    guided = generate({"enabled": True, "scale": 3.0})
+    assert (guided - before).abs().max() > 1e-2 * before.abs().max()
+    assert torch.equal(generate({"enabled": False}), before)
+    assert pristine.model_options.get("sampler_post_cfg_function", []) == []
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_the_host_call_gives_the_operator_the_text_as_the_main_pass_ran_it(neo, monkeypatch, reuse):
+    """At Neo's attention call: the image starts after the text, the text rows are the model's
+    attention, and only the selected blocks go through ASAG's operator. The negative prompt has 12
+    tokens, the prompt 8: Neo batches them by repeating each to 24, which changes joint attention,
+    so the extra pass runs the prompt repeated as the main pass did, with reuse on or off."""
+    forge_dit = importlib.import_module("asag.hosts.forge_dit")
+    calls = []
+    operator = forge_dit.joint.joint_adversarial_attention
+
+    def spy(q, k, v, image, **kwargs):
+        out = operator(q, k, v, image, **kwargs)
+        calls.append((image, torch.nn.functional.scaled_dot_product_attention(q[:, :, : image.start], k, v), out))
+        return out
+
+    monkeypatch.setattr(forge_dit.joint, "joint_adversarial_attention", spy)
+    step(neo, "flux", 3.5, scale=2.0, dit_layers="double 0, single 5-6", uncond_tokens=12, options=HostOptions(reuse=reuse))
+    assert len(calls) == 3  # one extra pass, three selected blocks
+    for image, text_rows, out in calls:
+        assert image == slice(24, None)
+        torch.testing.assert_close(out[:, :, :24], text_rows, rtol=1e-5, atol=1e-6)
+
+
+def count_reuse(host, family, fields, reuse, cond_scale, uncond_tokens):
+    x0, cond, uncond = dit_inputs(family, uncond_tokens=uncond_tokens)
+    p = dit_p(host, family)
+    callbacks = start(host, p, options=HostOptions(reuse=reuse), **fields)
+    family_of = host.forge.families.family_for(p.sd_model.forge_objects.unet.model.diffusion_model)
+    counter = BlockCounter([p.sd_model.forge_objects.unet.model.diffusion_model], blocks=family_of.blocks, first_layer=lambda block: block)
+    x = x0
+    try:
+        for i, (sigma, following) in enumerate(zip(SIGMAS, SIGMAS[1:])):
+            denoised = denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=i, total=len(SIGMAS) - 1)[0]
+            x = x + (x - denoised) / sigma * (following - sigma)
+    finally:
+        counter.close()
+    assert_nothing_left(p)
+    reason = getattr(p, host.forge.STATE_ATTR).reuse.reason if reuse else None
+    host.forge.end_job(p)
+    return x, counter.block_computations, reason
+
+
+@pytest.mark.parametrize("family, blocks, reused, cond_scale, uncond_tokens", [
+    ("flux", "double 7-9, single 7-9", 7, 1.0, 8),
+    ("flux", "single 2", 12, 3.5, 16),  # the negative prompt twice as long: the text repeated to batch
+    ("chroma", "double 3, single 0", 3, 3.5, 8),
+])
+def test_reuse_gives_the_same_image_with_exactly_the_blocks_before_the_first_perturbed_skipped(neo, family, blocks, reused, cond_scale, uncond_tokens):
+    fields = dict(scale=2.0, dit_layers=blocks)
+    on, computed_on, reason = count_reuse(neo, family, fields, True, cond_scale, uncond_tokens)
+    off, computed_off, _ = count_reuse(neo, family, fields, False, cond_scale, uncond_tokens)
+    assert reason is None
+    assert computed_off - computed_on == reused * (len(SIGMAS) - 1)
+    torch.testing.assert_close(on, off, rtol=0, atol=1e-5 * off.abs().max().item())
+
+
+def test_another_extensions_block_replacement_makes_the_extra_pass_run_in_full(neo):
+    host = neo
+    p = dit_p(host, "flux")
+    unet = p.sd_model.forge_objects.unet
+    unet.model_options.setdefault("transformer_options", {}).setdefault("patches_replace", {})["dit"] = {
+        ("double_block", 1): lambda args, extra: extra["original_block"](args)}
+    x, cond, uncond = dit_inputs("flux")
+    callbacks = start(host, p, scale=2.0, dit_layers="single 0")
+    denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, 1.0)
+    assert getattr(p, host.forge.STATE_ATTR).reuse.reason == "a dit replacement is set on double block 1"
+    host.forge.end_job(p)
+
+
+def test_a_failure_in_the_extra_pass_leaves_the_host_as_it_was(neo):
+    """An exception inside the extra pass (an interrupt, out of memory): the host's attention
+    function and every forward are back, and the next plain generation is bit-identical."""
+    host = neo
+    x, cond, uncond = dit_inputs("flux")
+    _, (before, _, _) = step(host, "flux", 1.0)
+    p = dit_p(host, "flux")
+    callbacks = start(host, p, scale=2.0, dit_layers="double 5")
+
+    def interrupt_in_the_extra_pass(args, extra):
+        if args["transformer_options"]["block_index"] == 8 and flux_module().attention_function is not \
+                importlib.import_module("backend.attention").attention_function:
+            raise KeyboardInterrupt
+        return extra["original_block"](args)
+
+    options = p.sd_model.forge_objects.unet.model_options
+    options.setdefault("transformer_options", {})["patches_replace"] = {"dit": {("double_block", 8): interrupt_in_the_extra_pass}}
+    with pytest.raises(KeyboardInterrupt):
+        denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, 1.0)
+    assert_nothing_left(p)
+    host.forge.end_job(p)
+    _, (after, _, _) = step(host, "flux", 1.0)
+    assert torch.equal(after, before)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("double 12", "'double 12' asks for a block this model lacks; this model has double 0-9, single 0-9"),
+    ("triple 1", "cannot read 'triple 1'; use all, double, single"),
+    ("single 4-2", "range 4-2 runs backwards"),
+])
+def test_a_bad_block_list_is_named_with_what_the_model_has_and_the_image_left_alone(neo, spec, message):
+    _, (plain, _, _) = step(neo, "flux", 1.0)
+    p, (denoised, _, _) = step(neo, "flux", 1.0, scale=2.0, dit_layers=spec)
+    assert torch.equal(denoised, plain)
+    note = p.extra_generation_params[NOTE_KEY]
+    assert note.startswith("not applied: ASAG parameter 'dit_layers'") and message in note
+
+
+def test_the_unet_layer_list_does_not_apply_to_a_transformer(neo):
+    """``layers`` names UNet blocks; on Flux only ``dit_layers`` counts (here its default)."""
+    _, (a, _, _) = step(neo, "flux", 1.0, scale=2.0, layers="u0-2")
+    _, (b, _, _) = step(neo, "flux", 1.0, scale=2.0, layers="middle", dit_layers="auto")
+    assert torch.equal(a, b)
+
+
+def test_a_transformer_without_a_family_gets_the_note_and_the_image_untouched(neo):
+    """A model class ASAG does not know (as SD3 or Qwen-Image on Neo): said, not guided."""
+    host = neo
+    p = dit_p(host, "flux")
+    model = p.sd_model.forge_objects.unet.model.diffusion_model
+    model.__class__ = type("OtherTransformer", (type(model),), {})
+    x, cond, uncond = dit_inputs("flux")
+    plain = denoise_step(host, dit_p(host, "flux"), ScriptCallbacks(), x, SIGMA, cond, uncond, 1.0)[0]
+    callbacks = start(host, p, scale=2.0)
+    assert torch.equal(denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, 1.0)[0], plain)
+    assert p.extra_generation_params[NOTE_KEY].startswith("not applied: this is not a UNet model (SD1, SD2, SDXL) nor a "
+                                                          "transformer ASAG supports (Flux, Chroma on Forge Neo)")
+    host.forge.end_job(p)

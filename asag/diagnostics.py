@@ -67,7 +67,7 @@ class Diagnostics:
         passes = len(self.reused_blocks)
         reused = [blocks for blocks in self.reused_blocks if blocks]
         if reused:
-            text = (f"{len(reused)} of {passes} extra passes took {sum(reused) / len(reused):.3g} of the UNet's "
+            text = (f"{len(reused)} of {passes} extra passes took {sum(reused) / len(reused):.3g} of the model's "
                     f"{self.total_blocks} blocks from the main pass (recordings up to {self.recorded_bytes / 2**20:.1f} MiB)")
         else:
             text = f"none of the {passes} extra passes took blocks from the main pass"

@@ -72,9 +72,16 @@ def bench_step(device: str, repeats: int, latent: int = 64, unet_params: dict | 
             args = [True, 1.5, 2, 1.0, spec]
             results[f"ASAG {spec}, {negative_chunks}-chunk negative, full"] = sampling(args, reuse=False, negative_tokens=negative)
             results[f"ASAG {spec}, {negative_chunks}-chunk negative, reuse"] = sampling(args, reuse=True, negative_tokens=negative)
-    # The peak-memory run of each configuration is also its warm-up. Then the timed runs,
-    # interleaved (one run of each configuration per round, the order rotating from round to
-    # round), so drift in machine load and position in the round hit all alike.
+    print(side_by_side(results, repeats, steps, baseline="CFG"))
+    host.close()
+
+
+def side_by_side(results: dict, repeats: int, steps: int, baseline: str) -> str:
+    """The table of ``results`` (name -> a run of ``steps`` steps): seconds per step, spread, peak
+    memory and their ratios to ``baseline``'s. The peak-memory run of each configuration is also
+    its warm-up. Then the timed runs, interleaved (one run of each configuration per round, the
+    order rotating from round to round), so drift in machine load and position in the round hit
+    all alike."""
     peaks = {name: peak_extra_bytes(run, "cpu") for name, run in results.items()}
     names = list(results)
     samples = {name: [] for name in names}
@@ -84,9 +91,8 @@ def bench_step(device: str, repeats: int, latent: int = 64, unet_params: dict | 
             results[name]()
             samples[name].append((time.perf_counter() - start) / steps)
     times = {name: statistics.median(values) for name, values in samples.items()}
-    host.close()
     # spread: (slowest - fastest) / median of one configuration's runs, the noise a ratio sits in.
     rows = [[name, f"{times[name]:.2f}", f"{(max(samples[name]) - min(samples[name])) / times[name]:.3f}",
-             f"{times[name] / times['CFG']:.3f}", f"{peaks[name] / 2**20:.0f}", f"{peaks[name] / peaks['CFG']:.3f}"]
+             f"{times[name] / times[baseline]:.3f}", f"{peaks[name] / 2**20:.0f}", f"{peaks[name] / max(peaks[baseline], 1):.3f}"]
             for name in names]
-    print(format_table(["configuration", "s/step", "spread", "time / CFG", "peak MiB", "peak / CFG"], rows))
+    return format_table(["configuration", "s/step", "spread", f"time / {baseline}", "peak MiB", f"peak / {baseline}"], rows)

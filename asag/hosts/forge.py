@@ -17,6 +17,10 @@ its blocks through ``forward_timestep_embed``; a block call advances ``transform
 and modifiers that act inside blocks make the extra pass run in full. Forge batches prompts of
 different lengths by repeating the shorter context to a common length, so the extra pass is given
 each prompt's context as the main pass ran it (the same attention), which keeps the rows matched.
+
+Transformer models (Forge Neo's Flux and Chroma): the same post-CFG function and batch helper;
+what differs, how the extra pass is perturbed and how its blocks are replayed, is
+asag/hosts/forge_dit.py, and what differs between model families is asag/hosts/families.
 """
 from __future__ import annotations
 
@@ -179,7 +183,7 @@ def before_sampling(p) -> None:
     if blocks is None:
         job.not_applied(p, "this is not a UNet model (SD1, SD2, SDXL) nor a transformer ASAG supports "
                            f"({', '.join(f.name for f in families.FAMILIES)} on Forge Neo); not yet SD3, Qwen-Image, "
-                           "Z-Image, Lumina 2, Anima or Wan")
+                           "Anima or Wan")
         return
     unet = sd_model.forge_objects.unet.clone()
     diffusion_model = unet.model.diffusion_model

@@ -9,9 +9,13 @@ extra pass is perturbed and how its blocks are taken from the main pass:
 * No DiT of Neo has an attention-level replace hook, so for the extra pass alone the family's
   module-level ``attention_function`` is swapped for one that computes the selected blocks' joint
   attention with ``asag.joint`` (image queries over image keys through the adversarial plan, the
-  text's weights and share kept; text rows as the model computes them) and calls the host's own
-  for every other block. It is put back when the pass ends, however it ends. The joint sequence's
-  text length is the context length of the model call under way, read from the call itself.
+  text's weights and share kept; text rows as the model computes them; an image-only block
+  through the plain operator) and calls the host's own for every other block. It knows the block
+  by ``transformer_options["block_type"]`` / ``["block_index"]``, which Flux sets itself and which
+  the selected blocks of a family that does not (NextDiT) set through a forward of theirs for the
+  pass. Everything is put back when the pass ends, however it ends. The joint sequence's text
+  length is the context length of the model call under way, read from the call itself (padded as
+  the family pads it).
 * Reuse (asag/reuse.py): the blocks before the first perturbed one, keyed by the model call's
   inputs (latent, timestep, context, pooled vector, distilled guidance), compared exactly.
 """
@@ -49,7 +53,7 @@ def host_blocks(family) -> HostBlocks:
         options = kwargs.get("transformer_options") or {}
         table = (options.get("patches_replace") or {}).get("dit") or {}
         for kind, index in replayed:
-            if (family.replace_keys[kind], index) in table:
+            if (family.replace_keys.get(kind), index) in table:
                 return f"a dit replacement is set on {kind} block {index}"
         return None
 
@@ -77,29 +81,33 @@ class DitPerturbation:
         text_tokens = []  # the context length of each model call of the pass, the latest last
         ours = self._attention_function(original, text_tokens, observe)
         module.attention_function = ours
-        probe = _install_context_probe(self.model, text_tokens)
+        forwards = [(self.model, _wrap_forward(self.model, lambda args, kwargs: text_tokens.append(_context(args, kwargs).shape[1])))]
+        if not self.family.names_blocks:  # name the selected blocks as Flux's forward_orig names its own
+            forwards += [(block, _wrap_forward(block, *_naming(*address))) for address, block in self.family.blocks(self.model)
+                         if address in self.selected]
         try:
             yield model_options
         finally:
             if module.attention_function is ours:
                 module.attention_function = original
-            _remove(self.model, probe)
+            for owner, forward in reversed(forwards):
+                _remove(owner, forward)
 
     def _attention_function(self, original, text_tokens: list, observe):
         params, family, selected = self.params, self.family, self.selected
 
-        def asag_attention_function(q, k, v, heads, *args, skip_reshape=False, mask=None, transformer_options=None, **kwargs):
-            options = transformer_options or {}
+        def asag_attention_function(q, k, v, heads, *args, **kwargs):
+            options = kwargs.get("transformer_options") or {}
             block = (options.get("block_type"), options.get("block_index"))
-            if block not in selected or not skip_reshape or not text_tokens or mask is not None:
+            mask = args[0] if args else kwargs.get("mask")  # NextDiT passes it positionally
+            if block not in selected or not kwargs.get("skip_reshape") or not text_tokens or mask is not None:
                 if block in selected and mask is not None and not self._mask_said:
                     self._mask_said = True
                     logger.warning("%s block %s attends with a mask, which ASAG does not perturb: computed as the model does",
                                    *block)
-                return original(q, k, v, heads, *args, skip_reshape=skip_reshape, mask=mask,
-                                transformer_options=transformer_options, **kwargs)
+                return original(q, k, v, heads, *args, **kwargs)
             batch, _, tokens, dim = q.shape
-            image = family.image_tokens(text_tokens[-1])
+            image = family.image_tokens(self.model, block[0], text_tokens[-1])
             if observe is not None:  # the image queries and keys, as (batch, tokens, heads * dim)
                 observe(*(t[:, :, image].transpose(1, 2).reshape(batch, -1, heads * dim) for t in (q, k)), heads, dim ** -0.5)
             out = joint.joint_adversarial_attention(q, k, v, image, iterations=params.iterations, strength=params.strength,
@@ -109,25 +117,48 @@ class DitPerturbation:
         return asag_attention_function
 
 
-def _install_context_probe(model, text_tokens: list):
-    """Put a forward on ``model`` that notes each call's context length, then runs the call."""
-    previous = vars(model).get("forward")  # reuse's guard, or another extension's forward
+def _context(args: tuple, kwargs: dict):
+    return kwargs.get("context", args[2] if len(args) > 2 else None)
+
+
+def _naming(kind: str, index: int):
+    """For a block's call: its name in the call's ``transformer_options`` (as Flux's forward_orig
+    names its blocks), taken out again after the call, so the next block is not taken for it."""
+    def name(args: tuple, kwargs: dict) -> None:
+        options = kwargs.get("transformer_options")
+        if options is not None:
+            options["block_type"], options["block_index"] = kind, index
+
+    def unname(args: tuple, kwargs: dict) -> None:
+        options = kwargs.get("transformer_options")
+        if options is not None:
+            options.pop("block_type", None), options.pop("block_index", None)
+    return name, unname
+
+
+def _wrap_forward(module, before, after=None):
+    """Put a forward on ``module`` that calls ``before(args, kwargs)``, the module's own forward,
+    then ``after(args, kwargs)``."""
+    previous = vars(module).get("forward")  # reuse's guard, or another extension's forward
 
     def forward(*args, **kwargs):
-        context = kwargs.get("context", args[2] if len(args) > 2 else None)
-        text_tokens.append(context.shape[1])
-        return previous(*args, **kwargs) if previous is not None else type(model).forward(model, *args, **kwargs)
+        before(args, kwargs)
+        try:
+            return previous(*args, **kwargs) if previous is not None else type(module).forward(module, *args, **kwargs)
+        finally:
+            if after is not None:
+                after(args, kwargs)
 
     setattr(forward, WRAPPER_ATTR, previous)  # reuse.remove_leftovers takes it off too
-    model.forward = forward
+    module.forward = forward
     return forward
 
 
-def _remove(model, forward) -> None:
-    if vars(model).get("forward") is not forward:
+def _remove(module, forward) -> None:
+    if vars(module).get("forward") is not forward:
         return
     previous = getattr(forward, WRAPPER_ATTR)
     if previous is None:
-        del model.forward
+        del module.forward
     else:
-        model.forward = previous
+        module.forward = previous

@@ -1,9 +1,10 @@
-"""Test host for ASAG on the transformer models of Forge Neo: small random-weight Flux and Chroma
-models of the stand-in's architecture (tests/hosts/forge_neo_standin/backend/nn), behind Neo's
-KModel, predictor and patcher as the Flux / Chroma engines build them
-(backend/diffusion_engine/flux.py:29, chroma.py), and their conditioning as the engines'
-get_learned_conditioning returns it (a dict: T5 context, CLIP-L pooled vector, Flux dev's
-distilled guidance), carried as the WebUI carries dict conditioning (DictWithShape)."""
+"""Test host for ASAG on the transformer models of Forge Neo: small random-weight Flux, Chroma,
+Lumina 2 and Z-Image models of the stand-in's architecture (tests/hosts/forge_neo_standin/backend/nn),
+behind Neo's KModel, predictor and patcher as the engines build them
+(backend/diffusion_engine/flux.py:29, chroma.py, lumina.py, zimage.py), and their conditioning as
+the engines' get_learned_conditioning returns it: for Flux a dict (T5 context, CLIP-L pooled
+vector, Flux dev's distilled guidance) carried as the WebUI carries dict conditioning
+(DictWithShape); for Lumina 2 (Gemma) and Z-Image (Qwen3) the text encoder's hidden states."""
 import importlib
 from types import SimpleNamespace
 
@@ -19,6 +20,14 @@ FLUX = dict(in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, vec_in_di
 CHROMA = dict(in_channels=LATENT_CHANNELS * 4, out_channels=LATENT_CHANNELS * 4, context_in_dim=CONTEXT_DIM, hidden_size=48,
               mlp_ratio=2.0, num_heads=3, depth=10, depth_single_blocks=10, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
               qkv_bias=True, in_dim=64, out_dim=48, hidden_dim=32, n_layers=2)
+# Lumina 2: dim 2304, 24 heads (rope axes 32/32/32), 26 layers, 2 + 2 refiners, Gemma context 2304,
+# shift 6. Z-Image: dim 3840, 30 heads, 30 layers, Qwen3 context 2560, its 256-wide modulation,
+# time scale 1000, text and image padded to multiples of 32, shift 3. The Z-Image one needs a
+# width of at least 256 (its modulation reads min(dim, 256) features of a 256-wide embedding).
+LUMINA = dict(patch_size=2, in_channels=LATENT_CHANNELS, dim=48, n_layers=10, n_refiner_layers=2, n_heads=3, multiple_of=16,
+              ffn_dim_multiplier=2.0, norm_eps=1e-5, qk_norm=True, cap_feat_dim=CONTEXT_DIM, axes_dims=[4, 6, 6], axes_lens=[1, 512, 512])
+ZIMAGE = dict(LUMINA, dim=256, n_heads=4, axes_dims=[16, 24, 24], z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32)
+NEXTDIT = {"lumina": (LUMINA, 6.0), "zimage": (ZIMAGE, 3.0)}
 
 
 class DictWithShape(dict):
@@ -33,17 +42,20 @@ class DictWithShape(dict):
         return DictWithShape({key: value[rows] for key, value in self.items()})
 
 
-def dit_model(family: str, seed: int = 0):
+def dit_model(family: str, seed: int = 0, config: dict | None = None):
     torch.manual_seed(seed)
     if family == "flux":
-        return importlib.import_module("backend.nn.flux").IntegratedFluxTransformer2DModel(**FLUX)
-    return importlib.import_module("backend.nn.chroma").IntegratedChromaTransformer2DModel(**CHROMA)
+        return importlib.import_module("backend.nn.flux").IntegratedFluxTransformer2DModel(**(config or FLUX))
+    if family == "chroma":
+        return importlib.import_module("backend.nn.chroma").IntegratedChromaTransformer2DModel(**(config or CHROMA))
+    return importlib.import_module("backend.nn.lumina").NextDiT(**(config or NEXTDIT[family][0]))
 
 
-def dit_p(host, family: str = "flux", seed: int = 0):
-    """A processing object whose model is a Flux or Chroma transformer on Neo's engine."""
-    predictor = importlib.import_module("backend.modules.k_prediction").PredictionFlux()
-    patcher = host.patcher.UnetPatcher(host.k_model.KModel(dit_model(family, seed), predictor))
+def dit_p(host, family: str = "flux", seed: int = 0, config: dict | None = None):
+    """A processing object whose model is a ``family`` transformer on Neo's engine."""
+    prediction = importlib.import_module("backend.modules.k_prediction")
+    predictor = prediction.PredictionDiscreteFlow(shift=NEXTDIT[family][1]) if family in NEXTDIT else prediction.PredictionFlux()
+    patcher = host.patcher.UnetPatcher(host.k_model.KModel(dit_model(family, seed, config), predictor))
     sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=patcher), is_sd1=False, is_sdxl=False, is_wan=False, is_inpaint=False)
     return SimpleNamespace(sd_model=sd_model, extra_generation_params={}, is_hr_pass=False, seeds=[seed])
 
@@ -51,12 +63,14 @@ def dit_p(host, family: str = "flux", seed: int = 0):
 def dit_inputs(family: str = "flux", seed: int = 1, batch: int = 1, size: int = 24, tokens: int = 8, uncond_tokens: int = 8,
                guidance: float = 3.5):
     """Latent (``size`` x ``size``: (size / 2)^2 image tokens), conditioning and negative
-    conditioning of ``tokens`` / ``uncond_tokens`` T5 tokens. Chroma has no pooled vector in use and
-    no distilled guidance (its engine sends neither: the model takes zeros)."""
+    conditioning of ``tokens`` / ``uncond_tokens`` text tokens. Chroma has no pooled vector in use
+    and no distilled guidance (its engine sends neither: the model takes zeros)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, LATENT_CHANNELS, size, size, generator=g)
 
     def conditioning(n):
+        if family in NEXTDIT:
+            return torch.randn(batch, n, CONTEXT_DIM, generator=g)
         cond = {"crossattn": torch.randn(batch, n, CONTEXT_DIM, generator=g), "vector": torch.randn(batch, VECTOR_DIM, generator=g)}
         if family == "flux":
             cond["guidance"] = torch.full((batch,), guidance)

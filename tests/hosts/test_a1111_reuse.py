@@ -189,7 +189,7 @@ def test_diagnostics_report_the_reuse(host, caplog):
         generate(host, "batch 1", "middle")
     line = next(l for l in caplog.text.splitlines() if "diagnostics on " in l)
     blocks = len(unet_blocks(host.models["sd1"].model.diffusion_model))
-    assert f"3 of 3 extra passes took {reused_blocks(host, 'sd1', 'middle')} of the UNet's {blocks} blocks" in line
+    assert f"3 of 3 extra passes took {reused_blocks(host, 'sd1', 'middle')} of the model's {blocks} blocks" in line
 
 
 def test_under_lowvram_reuse_is_off_and_says_so(host, caplog):

@@ -387,7 +387,7 @@ def test_diagnostics_are_logged_per_generation(forge_host, caplog):
     assert 0.0 < entropy <= 1.0
     relative = float(line.split("guidance RMS ")[1].split("(")[1].split("%")[0])
     assert relative > 0.1  # guidance RMS as a share of the cond prediction: measurably not zero
-    assert "2 of 2 extra passes took 10 of the UNet's 19 blocks from the main pass" in line
+    assert "2 of 2 extra passes took 10 of the model's 19 blocks from the main pass" in line
 
 
 def test_without_diagnostics_nothing_is_logged(forge_host, caplog):

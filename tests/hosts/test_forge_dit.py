@@ -1,6 +1,7 @@
-"""ASAG on the transformer models of Forge Neo: Flux and Chroma (small random-weight models of
-the architecture of Neo's backend/nn/flux.py and chroma.py, stand-ins in tests/hosts/forge_neo_standin,
-the Flux one checked against diffusers' FluxTransformer2DModel). Through Neo's sampling function,
+"""ASAG on the transformer models of Forge Neo: Flux, Chroma, Lumina 2 and Z-Image (small
+random-weight models of the architecture of Neo's backend/nn/flux.py, chroma.py and lumina.py,
+stand-ins in tests/hosts/forge_neo_standin, the Flux one checked against diffusers'
+FluxTransformer2DModel). Through Neo's sampling function,
 at CFG 1 (the distilled models) and above: the guided result by hand, scale 0 and the next plain
 image bit-identical, the host's attention function and the model's forwards back after every
 pass (also one that fails), the joint-attention reading at the host's call (text rows the
@@ -18,12 +19,16 @@ from asag.params import NOTE_KEY
 from asag.reuse import WRAPPER_ATTR
 from tests.core.reference import reference_plan
 from tests.hosts.block_counter import BlockCounter
-from tests.hosts.forge_dit_env import FLUX, dit_inputs, dit_model, dit_p
+from tests.hosts.forge_dit_env import FLUX, NEXTDIT, ZIMAGE, dit_inputs, dit_model, dit_p
 from tests.hosts.forge_env import ScriptCallbacks, _host, denoise_step, reset_forge_objects
 from tests.hosts.test_forge_adapter import start
 
 SIGMA = 0.7
-FAMILIES = ["flux", "chroma"]
+FAMILIES = ["flux", "chroma", "lumina", "zimage"]
+# Two selected blocks per family, one of each kind that can be selected.
+TWO_BLOCKS = {"flux": "double 2, single 3", "chroma": "double 2, single 3", "lumina": "refiner 1, layers 3", "zimage": "refiner 1, layers 3"}
+# The order of a NextDiT's attention calls in one model call (it does not name its blocks).
+NEXTDIT_CALLS = [("context", 0), ("context", 1), ("refiner", 0), ("refiner", 1), *(("layers", i) for i in range(10))]
 SIGMAS = torch.tensor([1.0, 0.75, 0.5, 0.25])
 
 
@@ -34,6 +39,10 @@ def neo():
 
 def flux_module():
     return importlib.import_module("backend.nn.flux")
+
+
+def attention_module(family):
+    return importlib.import_module("backend.nn.lumina" if family in NEXTDIT else "backend.nn.flux")
 
 
 def step(host, family, cond_scale, *, options=HostOptions(), uncond_tokens=8, **fields):
@@ -51,7 +60,8 @@ def step(host, family, cond_scale, *, options=HostOptions(), uncond_tokens=8, **
 def assert_nothing_left(p):
     model = p.sd_model.forge_objects.unet.model.diffusion_model
     assert not any(hasattr(vars(m).get("forward"), WRAPPER_ATTR) for m in model.modules())
-    assert flux_module().attention_function is importlib.import_module("backend.attention").attention_function
+    for family in ("flux", "lumina"):
+        assert attention_module(family).attention_function is importlib.import_module("backend.attention").attention_function
 
 
 def joint_by_hand(q, k, v, text, iterations, strength=1.0):
@@ -68,26 +78,37 @@ def joint_by_hand(q, k, v, text, iterations, strength=1.0):
     return out
 
 
-def perturbed_by_hand(p, x, cond, blocks, iterations):
+def perturbed_by_hand(p, family, x, cond, blocks, iterations):
     """The cond prediction with ``blocks`` attending by ``joint_by_hand``, run by the model itself
-    (Neo's KModel), without ASAG's code."""
-    flux, kmodel = flux_module(), p.sd_model.forge_objects.unet.model
-    original = flux.attention_function
-    text = cond["crossattn"].shape[1]
+    (Neo's KModel), without ASAG's code: Flux names the block under way, a NextDiT's blocks are
+    known by the order of the calls; the text is Z-Image's padded caption."""
+    module, kmodel = attention_module(family), p.sd_model.forge_objects.unet.model
+    original, calls = module.attention_function, []
+    context = cond if family in NEXTDIT else cond["crossattn"]
+    multiple = NEXTDIT[family][0].get("pad_tokens_multiple") if family in NEXTDIT else None
+    text = -(-context.shape[1] // multiple) * multiple if multiple else context.shape[1]
 
-    def by_hand(q, k, v, heads, skip_reshape=False, mask=None, transformer_options=None, **kwargs):
-        if (transformer_options["block_type"], transformer_options["block_index"]) not in blocks:
-            return original(q, k, v, heads, skip_reshape=skip_reshape, mask=mask, transformer_options=transformer_options, **kwargs)
-        out = joint_by_hand(q, k, v, text, iterations).to(q.dtype)
+    def by_hand(q, k, v, heads, *args, **kwargs):
+        if family in NEXTDIT:
+            block = NEXTDIT_CALLS[len(calls)]
+        else:
+            block = (kwargs["transformer_options"]["block_type"], kwargs["transformer_options"]["block_index"])
+        calls.append(block)
+        if block not in blocks:
+            return original(q, k, v, heads, *args, **kwargs)
+        out = joint_by_hand(q, k, v, 0 if block[0] == "refiner" else text, iterations).to(q.dtype)  # the refiner: image only
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
-    conds = {"c_crossattn": cond["crossattn"], "y": cond["vector"], **({"guidance": cond["guidance"]} if "guidance" in cond else {})}
-    flux.attention_function = by_hand
+    if family in NEXTDIT:
+        conds = {"c_crossattn": cond}
+    else:
+        conds = {"c_crossattn": cond["crossattn"], "y": cond["vector"], **({"guidance": cond["guidance"]} if "guidance" in cond else {})}
+    module.attention_function = by_hand
     try:
         with torch.no_grad():
             return kmodel.apply_model(x, torch.full((x.shape[0],), SIGMA), **conds)
     finally:
-        flux.attention_function = original
+        module.attention_function = original
 
 
 def to_diffusers(state: dict, hidden: int) -> dict:
@@ -155,18 +176,20 @@ def test_the_flux_stand_in_computes_what_diffusers_flux_computes(neo):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_at_cfg_1_the_result_is_cond_plus_scale_times_cond_minus_perturbed(neo, family):
     """Distilled models run at CFG 1, where Neo skips the uncond rows: the extra pass still runs."""
-    p, (denoised, cond_pred, _) = step(neo, family, 1.0, scale=2.0, iterations=3, dit_layers="double 2, single 3")
+    blocks = TWO_BLOCKS[family]
+    p, (denoised, cond_pred, _) = step(neo, family, 1.0, scale=2.0, iterations=3, dit_layers=blocks)
     x, cond, _ = dit_inputs(family)
-    perturbed = perturbed_by_hand(dit_p(neo, family), x, cond, {("double", 2), ("single", 3)}, iterations=3)
+    selected = {(kind, int(index)) for kind, index in (item.split() for item in blocks.split(", "))}
+    perturbed = perturbed_by_hand(dit_p(neo, family), family, x, cond, selected, iterations=3)
     assert (denoised - cond_pred).abs().max() > 1e-2 * cond_pred.abs().max()
     torch.testing.assert_close(denoised, cond_pred + 2.0 * (cond_pred - perturbed), rtol=0, atol=1e-4 * cond_pred.abs().max().item())
-    assert p.extra_generation_params == {"ASAG scale": 2.0, "ASAG iterations": 3, "ASAG DiT blocks": "double 2, single 3"}
+    assert p.extra_generation_params == {"ASAG scale": 2.0, "ASAG iterations": 3, "ASAG DiT blocks": blocks}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_with_cfg_the_guidance_adds_to_the_cfg_result(neo, family):
     _, (plain, _, _) = step(neo, family, 3.5)
-    _, (denoised, cond_pred, uncond_pred) = step(neo, family, 3.5, scale=2.0)  # auto: double 7-9, single 7-9
+    _, (denoised, cond_pred, uncond_pred) = step(neo, family, 3.5, scale=2.0)  # auto: the family's default blocks
     cfg = uncond_pred + (cond_pred - uncond_pred) * 3.5
     torch.testing.assert_close(cfg, plain, rtol=0, atol=1e-5)
     assert (denoised - cfg).abs().max() > 1e-2 * cfg.abs().max()
@@ -249,6 +272,8 @@ def count_reuse(host, family, fields, reuse, cond_scale, uncond_tokens):
     ("flux", "double 7-9, single 7-9", 7, 1.0, 8),
     ("flux", "single 2", 12, 3.5, 16),  # the negative prompt twice as long: the text repeated to batch
     ("chroma", "double 3, single 0", 3, 3.5, 8),
+    ("lumina", "layers 3", 7, 3.5, 8),  # both refiners of each kind come first
+    ("zimage", "refiner 1, layers 0", 3, 1.0, 8),
 ])
 def test_reuse_gives_the_same_image_with_exactly_the_blocks_before_the_first_perturbed_skipped(neo, family, blocks, reused, cond_scale, uncond_tokens):
     fields = dict(scale=2.0, dit_layers=blocks)
@@ -301,6 +326,7 @@ def test_a_failure_in_the_extra_pass_leaves_the_host_as_it_was(neo):
     ("double 12", "'double 12' asks for a block this model lacks; this model has double 0-9, single 0-9"),
     ("triple 1", "cannot read 'triple 1'; use all, double, single"),
     ("single 4-2", "range 4-2 runs backwards"),
+    ("layers 3", "cannot read 'layers 3'; use all, double, single"),
 ])
 def test_a_bad_block_list_is_named_with_what_the_model_has_and_the_image_left_alone(neo, spec, message):
     _, (plain, _, _) = step(neo, "flux", 1.0)
@@ -328,5 +354,46 @@ def test_a_transformer_without_a_family_gets_the_note_and_the_image_untouched(ne
     callbacks = start(host, p, scale=2.0)
     assert torch.equal(denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, 1.0)[0], plain)
     assert p.extra_generation_params[NOTE_KEY].startswith("not applied: this is not a UNet model (SD1, SD2, SDXL) nor a "
-                                                          "transformer ASAG supports (Flux, Chroma on Forge Neo)")
+                                                          "transformer ASAG supports (Flux, Chroma, Lumina 2 / Z-Image on Forge Neo)")
     host.forge.end_job(p)
+
+
+def test_a_flux_whose_attention_is_not_told_the_block_gets_the_note(neo, monkeypatch):
+    """lllyasviel's Forge has the same Flux class, but its ``attention(q, k, v, pe)`` is not told
+    which block runs (backend/nn/flux.py at dfdcbab): said, not guided."""
+    monkeypatch.setattr(flux_module(), "attention", lambda q, k, v, pe: None)
+    p = dit_p(neo, "flux")
+    before = p.sd_model.forge_objects.unet
+    start(neo, p, scale=2.0)
+    assert p.sd_model.forge_objects.unet is before
+    assert p.extra_generation_params[NOTE_KEY] == ("not applied: this host's Flux code does not tell its attention which block "
+                                                   "runs; ASAG on Flux needs Forge Neo")
+
+
+def test_diagnostics_on_flux_see_the_image_plan_and_the_reused_blocks(neo, caplog):
+    caplog.set_level("INFO", logger="asag")
+    step(neo, "flux", 1.0, scale=2.0, options=HostOptions(diagnostics=True))
+    line = next(line for line in caplog.text.splitlines() if "diagnostics on " in line)
+    assert "diagnostics on Forge Neo (backend): 1 extra passes" in line and "NaN values 0" in line
+    assert 0.0 < float(line.split("plan row entropy ")[1].split()[0]) <= 1.0
+    assert "1 of 1 extra passes took 7 of the model's 20 blocks from the main pass" in line
+
+
+def test_a_nextdits_text_only_refiner_cannot_be_selected(neo):
+    p, _ = step(neo, "lumina", 1.0, scale=2.0, dit_layers="context 0")
+    assert p.extra_generation_params[NOTE_KEY] == (
+        "not applied: ASAG parameter 'dit_layers': cannot read 'context 0'; use all, refiner, layers, or a range such as "
+        "'refiner 0-2' (comma separated); this model has refiner 0-1, layers 0-9")
+
+
+def test_z_image_pads_its_caption_and_the_image_starts_after_the_padding(neo, monkeypatch):
+    """Z-Image pads the caption (8 tokens here) and the image (144 tokens) to multiples of 32: the
+    joint layers' image starts at 32; the image-only refiner's is the whole (padded) sequence."""
+    forge_dit = importlib.import_module("asag.hosts.forge_dit")
+    images = []
+    operator = forge_dit.joint.joint_adversarial_attention
+    monkeypatch.setattr(forge_dit.joint, "joint_adversarial_attention",
+                        lambda q, k, v, image, **kwargs: images.append((image, q.shape[2])) or operator(q, k, v, image, **kwargs))
+    step(neo, "zimage", 1.0, scale=2.0, dit_layers="refiner 0, layers 4")
+    assert ZIMAGE["pad_tokens_multiple"] == 32
+    assert images == [(slice(0, None), 160), (slice(32, None), 32 + 160)]

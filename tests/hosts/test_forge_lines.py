@@ -184,5 +184,5 @@ def test_and_prompts_are_guided_with_their_weights_and_reuse_engages(forge_line_
     assert (plain - run(composition=[[(0, 1.0)]])).abs().max() > 1e-3 * plain.abs().max()  # the second prompt counts
     guided = run(scale=3.0, layers="u0-2")
     assert (guided - plain).abs().max() > 1e-3 * plain.abs().max()
-    assert "1 of 1 extra passes took 10 of the UNet's 19 blocks" in caplog.text  # the input blocks and the middle
+    assert "1 of 1 extra passes took 10 of the model's 19 blocks" in caplog.text  # the input blocks and the middle
     torch.testing.assert_close(run(scale=3.0, layers="u0-2", reuse=False), guided, rtol=0, atol=1e-4 * plain.abs().max().item())

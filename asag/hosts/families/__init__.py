@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from .base import DitFamily
 from .flux import CHROMA, FLUX
+from .nextdit import NEXTDIT
 
-FAMILIES: tuple[DitFamily, ...] = (FLUX, CHROMA)
+FAMILIES: tuple[DitFamily, ...] = (FLUX, CHROMA, NEXTDIT)
 
 
 def family_for(diffusion_model) -> DitFamily | None:

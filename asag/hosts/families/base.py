@@ -15,39 +15,53 @@ class DitFamily:
 
     ``model_class``: ``module.Class`` of the host's model (how the family is recognised).
     ``block_lists``: ``(kind, attribute)`` per block list of the model, in execution order.
-    ``replace_keys``: per kind, the host's ``patches_replace["dit"]`` key name for such a block.
-    ``attention_module``: the module whose ``attention(q, k, v, pe, mask, transformer_options)``
-    the blocks call, and whose global ``attention_function`` that calls as ``f(q, k, v, heads, skip_reshape=True, mask=..., transformer_options=...)``
-    with ``q`` of shape (batch, heads, tokens, dim) and ``transformer_options["block_type"]`` /
-    ``["block_index"]`` naming the block; the text tokens come first.
+    ``attention_module``: the module whose global ``attention_function`` the blocks' attention
+    calls as ``f(q, k, v, heads, [mask,] skip_reshape=True, transformer_options=...)``, q, k, v of
+    shape (batch, heads, tokens, dim), the text tokens first in a joint sequence.
+    ``caller``: the function in that module that makes the call; the family needs Neo's form of
+    it, which passes ``transformer_options`` (how ``check_host`` tells Neo's code from others').
+    ``names_blocks``: whether the model itself names the block under way in
+    ``transformer_options["block_type"]`` / ``["block_index"]`` (Flux's ``forward_orig``); where
+    not, the adapter names the selected blocks for the extra pass.
+    ``image_only`` / ``text_only``: kinds whose attention holds image tokens / text tokens alone
+    (a text-only block has nothing for ASAG and cannot be selected).
+    ``replace_keys``: per kind, the host's ``patches_replace["dit"]`` key name, where it has one.
     ``skip_lists``: per kind, the model attribute listing blocks the model never runs (Chroma's
-    pruned variants).
+    pruned variants). ``text_padding``: the model attribute giving the multiple the text is
+    padded to (Z-Image), if any.
     ``default_blocks``: what ``auto`` selects, and ``default_source`` why."""
 
     name: str
     model_class: str
     block_lists: tuple[tuple[str, str], ...]
-    replace_keys: Mapping[str, str]
     attention_module: str
+    caller: str
+    names_blocks: bool
     default_blocks: str
     default_source: str
+    image_only: tuple[str, ...] = ()
+    text_only: tuple[str, ...] = ()
+    replace_keys: Mapping[str, str] = field(default_factory=dict)
     skip_lists: Mapping[str, str] = field(default_factory=dict)
+    text_padding: str | None = None
 
     def matches(self, diffusion_model) -> bool:
         cls = type(diffusion_model)
         return f"{cls.__module__}.{cls.__qualname__}" == self.model_class
 
     def check_host(self) -> None:
-        """Raises ``ValueError`` where the host's code for this family does not tell the attention
-        which block runs (lllyasviel's Forge has the same Flux class with ``attention(q, k, v, pe)``)."""
-        module = importlib.import_module(self.attention_module)
-        if "transformer_options" not in inspect.signature(module.attention).parameters:
+        """Raises ``ValueError`` where the host's code for this family does not pass the attention
+        its ``transformer_options`` (lllyasviel's Forge has Flux's class with ``attention(q, k, v, pe)``)."""
+        caller = importlib.import_module(self.attention_module)
+        for name in self.caller.split("."):
+            caller = getattr(caller, name)
+        if "transformer_options" not in inspect.signature(caller).parameters:
             raise ValueError(f"this host's {self.name} code does not tell its attention which block runs; "
                              f"ASAG on {self.name} needs Forge Neo")
 
     def kinds(self, diffusion_model) -> dict[str, int]:
-        """Block count per kind, in execution order."""
-        return {kind: len(getattr(diffusion_model, attribute)) for kind, attribute in self.block_lists}
+        """Block count per selectable kind, in execution order."""
+        return {kind: len(getattr(diffusion_model, attribute)) for kind, attribute in self.block_lists if kind not in self.text_only}
 
     def blocks(self, diffusion_model) -> list[tuple[tuple[str, int], object]]:
         """The blocks the model runs, in execution order, with their ``(kind, index)`` addresses."""
@@ -68,6 +82,10 @@ class DitFamily:
             raise ValueError(f"ASAG parameter '{field_name}': {spec!r} selects only blocks this {self.name} model skips")
         return kept
 
-    def image_tokens(self, text_tokens: int) -> slice:
-        """Where the image tokens are in the joint sequence: after the text."""
-        return slice(text_tokens, None)
+    def image_tokens(self, diffusion_model, kind: str, context_tokens: int) -> slice:
+        """Where the image tokens are in a ``kind`` block's sequence, for a context of
+        ``context_tokens``: all of it in an image-only block, else after the (padded) text."""
+        if kind in self.image_only:
+            return slice(0, None)
+        multiple = getattr(diffusion_model, self.text_padding, None) if self.text_padding else None
+        return slice(-(-context_tokens // multiple) * multiple if multiple else context_tokens, None)

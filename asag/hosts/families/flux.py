@@ -15,17 +15,11 @@ from __future__ import annotations
 
 from .base import DitFamily
 
-_BLOCK_LISTS = (("double", "double_blocks"), ("single", "single_blocks"))
-_REPLACE_KEYS = {"double": "double_block", "single": "single_block"}
-_DEFAULT = "double 7-9, single 7-9"
-_SOURCE = "ComfyUI SkipLayerGuidanceDiT's default blocks (7-9 of each kind), from SD3.5's skip-layer guidance"
-
-FLUX = DitFamily(
-    name="Flux", model_class="backend.nn.flux.IntegratedFluxTransformer2DModel", block_lists=_BLOCK_LISTS,
-    replace_keys=_REPLACE_KEYS, attention_module="backend.nn.flux", default_blocks=_DEFAULT, default_source=_SOURCE,
+_COMMON = dict(
+    block_lists=(("double", "double_blocks"), ("single", "single_blocks")), attention_module="backend.nn.flux", caller="attention",
+    names_blocks=True, replace_keys={"double": "double_block", "single": "single_block"}, default_blocks="double 7-9, single 7-9",
+    default_source="ComfyUI SkipLayerGuidanceDiT's default blocks (7-9 of each kind), from SD3.5's skip-layer guidance",
 )
-CHROMA = DitFamily(
-    name="Chroma", model_class="backend.nn.chroma.IntegratedChromaTransformer2DModel", block_lists=_BLOCK_LISTS,
-    replace_keys=_REPLACE_KEYS, attention_module="backend.nn.flux", default_blocks=_DEFAULT, default_source=_SOURCE,
-    skip_lists={"double": "skip_mmdit", "single": "skip_dit"},
-)
+FLUX = DitFamily(name="Flux", model_class="backend.nn.flux.IntegratedFluxTransformer2DModel", **_COMMON)
+CHROMA = DitFamily(name="Chroma", model_class="backend.nn.chroma.IntegratedChromaTransformer2DModel",
+                   skip_lists={"double": "skip_mmdit", "single": "skip_dit"}, **_COMMON)

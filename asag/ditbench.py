@@ -1,0 +1,75 @@
+"""``python -m asag.bench step --model flux`` (or ``chroma``): cost per sampling step of ASAG on a
+transformer model in Forge Neo.
+
+Runs in the repository checkout, not inside the WebUI: it drives the Forge adapter through the
+test suite's stand-in of Neo's modules (tests/hosts/forge_neo_standin, its Flux and Chroma code)
+with a transformer of random weights, through Neo's sampling function, one Euler step per call.
+The token counts are the real ones (``--latent 128``: a 1024x1024 image, 4096 image tokens, with
+512 T5 tokens) and so are the block counts (19 double, 38 single) and the head size (128); the
+width is ``--heads`` heads (Flux has 24), so that a CPU run takes minutes. A narrower model gives
+attention a larger share of a block's cost than Flux has (attention grows with tokens x width,
+the linear layers with width squared), and ASAG's extra cost is attention: the ratios it prints
+are, if anything, above Flux's. Measured side by side: the plain step, ASAG with the extra pass
+in full (Settings: reuse off), and ASAG with the extra pass taking the blocks before the first
+perturbed one from the main pass (the default); the full pass's ratio is the cost of one more
+model call plus the Sinkhorn plans."""
+from __future__ import annotations
+
+import torch
+
+from .hosts.settings import HostOptions
+from .stepbench import side_by_side
+
+TEXT_TOKENS = 512  # Flux dev's T5 sequence length
+DEFAULT_BLOCKS = ("double 7-9, single 7-9", "single 20-22")
+
+
+def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: int = 2, blocks: tuple[str, ...] | None = None,
+                   steps: int = 1, cond_scale: float = 1.0, config: dict | None = None, text_tokens: int = TEXT_TOKENS) -> None:
+    """``config``: a model config instead of the Flux-shaped one (the tests pass a small one)."""
+    from tests.hosts import forge_dit_env
+    from tests.hosts.forge_env import ScriptCallbacks, _host, denoise_step
+
+    threads = torch.get_num_threads()
+    host_context = _host("neo")
+    host = next(host_context)
+    torch.set_num_threads(threads)  # the stand-in host runs tiny test models on one thread
+    base = forge_dit_env.FLUX if model == "flux" else forge_dit_env.CHROMA
+    config = config or dict(base, hidden_size=128 * heads, num_heads=heads, axes_dim=[16, 56, 56], depth=19,
+                            depth_single_blocks=38, **({"out_dim": 128 * heads} if model == "chroma" else {}))
+    blocks = blocks or DEFAULT_BLOCKS
+    p = forge_dit_env.dit_p(host, model, config=config)
+    pristine = p.sd_model.forge_objects.unet
+    callbacks = ScriptCallbacks()
+    host.forge.register_callbacks(callbacks)
+    x, cond, uncond = forge_dit_env.dit_inputs(model, size=latent, tokens=text_tokens, uncond_tokens=text_tokens)
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+
+    def sampling(fields, reuse=True):
+        def run():
+            p.sd_model.forge_objects.unet = pristine
+            host.forge.start_job(p, host.job.start(p, [fields]), HostOptions(reuse=reuse))
+            host.forge.before_sampling(p)
+            latent_x = x
+            with torch.no_grad():
+                for i in range(steps):
+                    denoised = denoise_step(host, p, callbacks, latent_x, sigmas[i], cond, uncond, cond_scale, step=i, total=steps)[0]
+                    latent_x = latent_x + (latent_x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+            host.forge.end_job(p)
+        return run
+
+    parameters = sum(t.numel() for t in pristine.model.diffusion_model.parameters()) / 1e6
+    print(f"sampling step, {model.capitalize()}-shaped transformer ({parameters:.0f} M parameters, random weights, "
+          f"{config['depth']} double + {config['depth_single_blocks']} single blocks, {config['num_heads']} heads of "
+          f"{config['hidden_size'] // config['num_heads']}), {latent * 8}x{latent * 8} ({(latent // 2) ** 2} image + {text_tokens} text "
+          f"tokens), batch 1, CFG {cond_scale:g}, Euler, {steps} steps per run, median of {repeats} interleaved runs, float32, cpu, "
+          f"{torch.get_num_threads()} threads")
+    results = {"plain": sampling({"enabled": False})}
+    for spec in blocks:
+        fields = {"enabled": True, "scale": 2.0, "dit_layers": spec}
+        results[f"ASAG {spec}, full extra pass"] = sampling(fields, reuse=False)
+        results[f"ASAG {spec}, reuse"] = sampling(fields, reuse=True)
+    try:
+        print(side_by_side(results, repeats, steps, baseline="plain"))
+    finally:
+        host_context.close()

@@ -1,12 +1,13 @@
-"""``python -m asag.bench step --model flux`` (or ``chroma``): cost per sampling step of ASAG on a
-transformer model in Forge Neo.
+"""``python -m asag.bench step --model flux`` (or ``chroma``, ``zimage``, ``lumina``): cost per
+sampling step of ASAG on a transformer model in Forge Neo.
 
 Runs in the repository checkout, not inside the WebUI: it drives the Forge adapter through the
 test suite's stand-in of Neo's modules (tests/hosts/forge_neo_standin, its Flux and Chroma code)
 with a transformer of random weights, through Neo's sampling function, one Euler step per call.
 The token counts are the real ones (``--latent 128``: a 1024x1024 image, 4096 image tokens, with
-512 T5 tokens) and so are the block counts (19 double, 38 single) and the head size (128); the
-width is ``--heads`` heads (Flux has 24), so that a CPU run takes minutes. A narrower model gives
+512 text tokens) and so are the block counts (Flux: 19 double, 38 single; Z-Image: 2 + 2
+refiners, 30 layers) and the head size (128); the width is ``--heads`` heads (Flux has 24,
+Z-Image 30), so that a CPU run takes minutes. A narrower model gives
 attention a larger share of a block's cost than Flux has (attention grows with tokens x width,
 the linear layers with width squared), and ASAG's extra cost is attention: the ratios it prints
 are, if anything, above Flux's. Measured side by side: the plain step, ASAG with the extra pass
@@ -21,7 +22,8 @@ from .hosts.settings import HostOptions
 from .stepbench import side_by_side
 
 TEXT_TOKENS = 512  # Flux dev's T5 sequence length
-DEFAULT_BLOCKS = ("double 7-9, single 7-9", "single 20-22")
+DEFAULT_BLOCKS = {"flux": ("double 7-9, single 7-9", "single 20-22"), "chroma": ("double 7-9, single 7-9", "single 20-22"),
+                  "zimage": ("layers 7-9", "layers 20-22"), "lumina": ("layers 7-9", "layers 20-22")}
 
 
 def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: int = 2, blocks: tuple[str, ...] | None = None,
@@ -34,10 +36,8 @@ def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: i
     host_context = _host("neo")
     host = next(host_context)
     torch.set_num_threads(threads)  # the stand-in host runs tiny test models on one thread
-    base = forge_dit_env.FLUX if model == "flux" else forge_dit_env.CHROMA
-    config = config or dict(base, hidden_size=128 * heads, num_heads=heads, axes_dim=[16, 56, 56], depth=19,
-                            depth_single_blocks=38, **({"out_dim": 128 * heads} if model == "chroma" else {}))
-    blocks = blocks or DEFAULT_BLOCKS
+    config = config or _full_depth(model, heads)
+    blocks = blocks or DEFAULT_BLOCKS[model]
     p = forge_dit_env.dit_p(host, model, config=config)
     pristine = p.sd_model.forge_objects.unet
     callbacks = ScriptCallbacks()
@@ -58,11 +58,14 @@ def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: i
             host.forge.end_job(p)
         return run
 
-    parameters = sum(t.numel() for t in pristine.model.diffusion_model.parameters()) / 1e6
-    print(f"sampling step, {model.capitalize()}-shaped transformer ({parameters:.0f} M parameters, random weights, "
-          f"{config['depth']} double + {config['depth_single_blocks']} single blocks, {config['num_heads']} heads of "
-          f"{config['hidden_size'] // config['num_heads']}), {latent * 8}x{latent * 8} ({(latent // 2) ** 2} image + {text_tokens} text "
-          f"tokens), batch 1, CFG {cond_scale:g}, Euler, {steps} steps per run, median of {repeats} interleaved runs, float32, cpu, "
+    diffusion_model = pristine.model.diffusion_model
+    family = host.forge.families.family_for(diffusion_model)
+    parameters = sum(t.numel() for t in diffusion_model.parameters()) / 1e6
+    layout = " + ".join(f"{count} {kind}" for kind, count in family.kinds(diffusion_model).items())
+    heads = getattr(diffusion_model, "num_heads", getattr(diffusion_model, "n_heads", 0))
+    print(f"sampling step, {model}-shaped transformer ({parameters:.0f} M parameters, random weights, {layout} blocks, "
+          f"{heads} heads), {latent * 8}x{latent * 8} ({(latent // 2) ** 2} image + {text_tokens} text tokens), batch 1, "
+          f"CFG {cond_scale:g}, Euler, {steps} steps per run, median of {repeats} interleaved runs, float32, cpu, "
           f"{torch.get_num_threads()} threads")
     results = {"plain": sampling({"enabled": False})}
     for spec in blocks:
@@ -73,3 +76,15 @@ def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: i
         print(side_by_side(results, repeats, steps, baseline="plain"))
     finally:
         host_context.close()
+
+
+def _full_depth(model: str, heads: int) -> dict:
+    """The model's block counts and head size, ``heads`` heads wide."""
+    from tests.hosts import forge_dit_env
+
+    if model in ("flux", "chroma"):
+        base = forge_dit_env.FLUX if model == "flux" else forge_dit_env.CHROMA
+        return dict(base, hidden_size=128 * heads, num_heads=heads, axes_dim=[16, 56, 56], depth=19, depth_single_blocks=38,
+                    **({"out_dim": 128 * heads} if model == "chroma" else {}))
+    base = forge_dit_env.NEXTDIT[model][0]
+    return dict(base, dim=128 * heads, n_heads=heads, axes_dims=[32, 48, 48], n_layers=30 if model == "zimage" else 26, multiple_of=256)

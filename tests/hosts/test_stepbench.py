@@ -25,3 +25,17 @@ def test_step_benchmark_rows_for_a_two_chunk_negative_prompt(capsys):
                layers=("u6-8",), steps=1, negative_chunks=2)
     names = [line.rsplit(None, 5)[0].strip() for line in capsys.readouterr().out.splitlines()[-7:]]
     assert names[-3:] == ["CFG, 2-chunk negative", "ASAG u6-8, 2-chunk negative, full", "ASAG u6-8, 2-chunk negative, reuse"]
+
+
+@pytest.mark.parametrize("model, blocks", [("flux", "double 7-9, single 7-9"), ("zimage", "layers 7-9")])
+def test_transformer_step_benchmark_runs_its_configurations(capsys, model, blocks):
+    from asag.ditbench import bench_dit_step
+    from tests.hosts.forge_dit_env import FLUX, ZIMAGE
+
+    bench_dit_step(1, model, latent=16, config=FLUX if model == "flux" else ZIMAGE, blocks=(blocks,), text_tokens=8)
+    lines = capsys.readouterr().out.splitlines()
+    names = [f"ASAG {blocks}, full extra pass", f"ASAG {blocks}, reuse"]
+    assert [line.rsplit(None, 5)[0].strip() for line in lines[-3:]] == ["plain", *names]
+    for line in lines[-3:]:
+        seconds, spread, time_ratio, peak_mib, peak_ratio = map(float, line.rsplit(None, 5)[1:])
+        assert seconds > 0 and time_ratio > 0

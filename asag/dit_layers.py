@@ -45,15 +45,6 @@ def describe_blocks(kinds: Mapping[str, int]) -> str:
     return "this model has " + ", ".join(present) if present else "this model has no blocks ASAG can perturb"
 
 
-def is_dit_spec(spec: str, kinds: Mapping[str, int]) -> bool:
-    """Whether every item of ``spec`` reads as a block of ``kinds`` (or ``all``/``auto``)."""
-    for item in _items(spec):
-        match = _ITEM.match(item)
-        if item not in ("all", AUTO) and not (match and match["kind"] in kinds):
-            return False
-    return True
-
-
 def _items(spec: str) -> list[str]:
     return [" ".join(item.split()).lower() for item in str(spec).split(",") if item.strip()]
 

@@ -23,6 +23,7 @@ LAYOUT: tuple[tuple[str, ...], ...] = (
     ("start", "end"),
     ("progress_by", "schedule"),
     ("rescale",),
+    ("dit_layers",),
     ("hires",),
     ("hires_scale", "hires_iterations"),
     ("full_batch",),

@@ -91,3 +91,21 @@ def test_bad_input_names_what_is_wrong():
         joint_adversarial_attention(q, k[:, :10], k[:, :10], slice(N_TXT, None), iterations=1)
     with pytest.raises(ValueError, match="contiguous slice"):
         joint_adversarial_attention(q, k, k, slice(N, None), iterations=1)
+
+
+def test_flux_at_1024_stays_within_the_budget_and_never_holds_an_image_by_image_slice():
+    """Flux's joint sequence at 1024x1024 (512 text + 4096 image tokens, head size 128), two heads:
+    one head's image-by-image plan is 64 MiB; within a 16 MiB budget the call allocates the budget
+    plus a few vectors of its output's size (the text share, the image share, the plan's output)."""
+    from tests.core.test_sinkhorn import LiveMemory
+
+    g = torch.Generator().manual_seed(0)
+    groups, n_txt, n_img, d = 2, 512, 4096, 128
+    q, k, v = (torch.randn(groups, n_txt + n_img, d, generator=g) for _ in range(3))
+    budget = 16 * 2**20
+    with LiveMemory(q, k, v) as tracker:
+        out = joint_adversarial_attention(q, k, v, slice(n_txt, None), iterations=2, budget_bytes=budget)
+    output = out.numel() * out.element_size()
+    assert tracker.largest < n_img * n_img * 4 / 4
+    assert tracker.peak <= budget + 4 * output, (tracker.peak / 2**20, output / 2**20)
+    assert torch.isfinite(out).all()

@@ -26,7 +26,8 @@ CHROMA = dict(in_channels=LATENT_CHANNELS * 4, out_channels=LATENT_CHANNELS * 4,
 # width of at least 256 (its modulation reads min(dim, 256) features of a 256-wide embedding).
 LUMINA = dict(patch_size=2, in_channels=LATENT_CHANNELS, dim=48, n_layers=10, n_refiner_layers=2, n_heads=3, multiple_of=16,
               ffn_dim_multiplier=2.0, norm_eps=1e-5, qk_norm=True, cap_feat_dim=CONTEXT_DIM, axes_dims=[4, 6, 6], axes_lens=[1, 512, 512])
-ZIMAGE = dict(LUMINA, dim=256, n_heads=4, axes_dims=[16, 24, 24], z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32)
+ZIMAGE = dict(LUMINA, dim=256, n_heads=4, axes_dims=[16, 24, 24], z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32,
+              rope_theta=256.0)
 NEXTDIT = {"lumina": (LUMINA, 6.0), "zimage": (ZIMAGE, 3.0)}
 
 

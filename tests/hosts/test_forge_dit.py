@@ -1,7 +1,7 @@
 """ASAG on the transformer models of Forge Neo: Flux, Chroma, Lumina 2 and Z-Image (small
 random-weight models of the architecture of Neo's backend/nn/flux.py, chroma.py and lumina.py,
-stand-ins in tests/hosts/forge_neo_standin, the Flux one checked against diffusers'
-FluxTransformer2DModel). Through Neo's sampling function,
+stand-ins in tests/hosts/forge_neo_standin, checked against diffusers' FluxTransformer2DModel and
+ZImageTransformer2DModel). Through Neo's sampling function,
 at CFG 1 (the distilled models) and above: the guided result by hand, scale 0 and the next plain
 image bit-identical, the host's attention function and the model's forwards back after every
 pass (also one that fails), the joint-attention reading at the host's call (text rows the
@@ -171,6 +171,29 @@ def test_the_flux_stand_in_computes_what_diffusers_flux_computes(neo):
     theirs = rearrange(theirs, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=x.shape[2] // 2, ph=2, pw=2)
     assert ours.abs().max() > 0.1
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_nextdit_stand_in_computes_what_diffusers_z_image_computes(neo):
+    """The NextDiT stand-in with Z-Image's modulation, padding and rope (theta 256) is diffusers'
+    ZImageTransformer2DModel: the same weights through diffusers' own single-file converter give
+    the same output, negated (Neo's model negates; diffusers' pipeline does it outside). At Z-Image's
+    own width of the timestep embedder (1024) and feed-forward ratio (8/3), one main layer."""
+    from diffusers import ZImageTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+
+    config = dict(ZIMAGE, dim=1024, n_heads=8, axes_dims=[32, 48, 48], n_layers=1, multiple_of=1, ffn_dim_multiplier=8 / 3, rope_theta=256.0)
+    torch.manual_seed(0)
+    model = importlib.import_module("backend.nn.lumina").NextDiT(**config)
+    reference = ZImageTransformer2DModel(in_channels=config["in_channels"], dim=1024, n_layers=1, n_refiner_layers=2, n_heads=8, n_kv_heads=8,
+                                         cap_feat_dim=config["cap_feat_dim"], rope_theta=256.0, axes_dims=[32, 48, 48])
+    reference.load_state_dict(convert_z_image_transformer_checkpoint_to_diffusers({k: v.clone() for k, v in model.state_dict().items()}))
+    x, context, _ = dit_inputs("zimage")
+    t = torch.tensor([SIGMA])
+    with torch.no_grad():
+        ours = model(x, t, context)
+        theirs = torch.stack([out.squeeze(1) for out in reference([x[0].unsqueeze(1)], 1 - t, [context[0]]).sample])
+    assert ours.abs().max() > 0.1
+    torch.testing.assert_close(ours, -theirs, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,6 +1,7 @@
 # Stand-in for Forge Neo backend/nn/flux.py (exo101/sd-webui-forge-neo-v3 5692d2d,
 # webui/backend/nn/flux.py; ComfyUI v0.9.0's comfy/ldm/flux, the BFL architecture and parameter
-# names), written here for the tests.
+# names), written here for the tests; it computes what diffusers' FluxTransformer2DModel computes
+# with the same weights, which tests/hosts/test_forge_dit.py checks.
 #
 # Kept faithful, because ASAG depends on it:
 # - the module-level `attention(q, k, v, pe, mask, transformer_options)` (:18): rope by the real

@@ -1,6 +1,8 @@
 # Stand-in for Forge Neo backend/nn/lumina.py (exo101/sd-webui-forge-neo-v3 5692d2d,
 # webui/backend/nn/lumina.py; ComfyUI v0.3.77's comfy/ldm/lumina/model.py), NextDiT: Lumina 2 and,
-# with `z_image_modulation` and `pad_tokens_multiple`, Z-Image. Written here for the tests.
+# with `z_image_modulation` and `pad_tokens_multiple`, Z-Image. Written here for the tests; with
+# Z-Image's settings it computes what diffusers' ZImageTransformer2DModel computes (negated, as
+# Neo's model is), which tests/hosts/test_forge_dit.py checks.
 #
 # Kept faithful, because ASAG depends on it:
 # - JointAttention.forward (:70-97): fused qkv, RMS q/k norms, rope by flux's `apply_rope` (the real

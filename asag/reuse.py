@@ -93,11 +93,19 @@ class HostBlocks:
     ``unreplayable(args, kwargs, replayed)``: why a call (the first block's arguments, or the
     model's where ``model_key`` is set) cannot be replayed with the blocks at ``replayed`` addresses
     taken from the main pass, or None. ``skipped(block, args, kwargs)``: what a replayed block's
-    call must still do to the host's state."""
+    call must still do to the host's state.
+    ``live(replayed)`` and ``passthrough(args, kwargs)``: for a model whose blocks form chains (a
+    transformer: each block's output is only the next one's input, no skip connections), the
+    positions among ``replayed`` whose outputs later blocks still read (the last of each chain),
+    and what every other replayed block returns instead of its recorded output: its own input,
+    which the next replayed block ignores. Only the live outputs are recorded. None: a UNet,
+    every output recorded and replayed."""
 
     blocks: Callable[[torch.nn.Module], list] = unet_blocks
     block_function: tuple | None = None
     model_key: Callable[[tuple, dict], list] | None = None
+    live: Callable[[list], set] | None = None
+    passthrough: Callable[[tuple, dict], object] | None = None
     unreplayable: Callable[[tuple, dict, list], str | None] = _no_reason
     skipped: Callable[[torch.nn.Module, tuple, dict], None] = _nothing
 
@@ -217,6 +225,7 @@ class BlockReuse:
         self.addresses = [address for address, _ in addressed]
         self.blocks = [module for _, module in addressed]
         self._position = {id(module): position for position, module in enumerate(self.blocks)}
+        self._live = set(range(len(self.blocks))) if host.live is None else host.live(self.addresses)
         self.total_blocks = len(host.blocks(diffusion_model))
         self.reason: str | None = None  # why the last extra pass was computed in full
         self.peak_bytes = 0  # the most the recordings held in one step
@@ -342,10 +351,10 @@ class BlockReuse:
         call = self._current
         if isinstance(call, _Replay):
             self.host.skipped(module, args, kwargs)
-            return call.output(position)
+            return call.output(position) if position in self._live else self.host.passthrough(args, kwargs)
         out = compute(*args, **kwargs)
         if call is not None:
-            call.outputs.append(_rows(out, call.rows))
+            call.outputs.append(_rows(out, call.rows) if position in self._live else None)
             call.handed_out.append(0)
         return out
 

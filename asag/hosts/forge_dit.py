@@ -57,7 +57,24 @@ def host_blocks(family) -> HostBlocks:
                 return f"a dit replacement is set on {kind} block {index}"
         return None
 
-    return HostBlocks(blocks=family.blocks, model_key=model_key, unreplayable=unreplayable)
+    def live(replayed: list) -> set:
+        """The last replayed block, and the last replayed one of each list that runs beside the
+        main chain and joins it later (NextDiT's caption refiners)."""
+        positions = {len(replayed) - 1} if replayed else set()
+        for kind in family.side_chains:
+            positions |= {max((i for i, (k, _) in enumerate(replayed) if k == kind), default=-1)} - {-1}
+        return positions
+
+    return HostBlocks(blocks=family.blocks, model_key=model_key, unreplayable=unreplayable, live=live, passthrough=_own_input)
+
+
+def _own_input(args: tuple, kwargs: dict):
+    """A block's input as its output, in the forms Neo calls blocks: Flux's double blocks as
+    ``block(img=..., txt=..., ...)`` (returning ``(img, txt)``), its single blocks and NextDiT's as
+    ``block(x, ...)``."""
+    if "txt" in kwargs:
+        return kwargs["img"], kwargs["txt"]
+    return args[0] if args else kwargs["img"]
 
 
 def _row_tensor(value, rows: int) -> bool:

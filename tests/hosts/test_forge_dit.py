@@ -420,3 +420,20 @@ def test_z_image_pads_its_caption_and_the_image_starts_after_the_padding(neo, mo
     step(neo, "zimage", 1.0, scale=2.0, dit_layers="refiner 0, layers 4")
     assert ZIMAGE["pad_tokens_multiple"] == 32
     assert images == [(slice(0, None), 160), (slice(32, None), 32 + 160)]
+
+
+def test_only_the_outputs_later_blocks_read_are_recorded(neo):
+    """A transformer's blocks form a chain: the extra pass needs the last replayed block's output
+    alone (and, in a NextDiT, the caption refiners' last), so the recording does not grow with
+    the number of replayed blocks."""
+    def recorded_bytes(family, blocks):
+        x, cond, uncond = dit_inputs(family)
+        p = dit_p(neo, family)
+        callbacks = start(neo, p, scale=2.0, dit_layers=blocks)
+        denoise_step(neo, p, callbacks, x, SIGMA, cond, uncond, 1.0)
+        peak = getattr(p, neo.forge.STATE_ATTR).reuse.peak_bytes
+        neo.forge.end_job(p)
+        return peak
+
+    assert 0 < recorded_bytes("flux", "single 1") == recorded_bytes("flux", "single 9")
+    assert 0 < recorded_bytes("lumina", "layers 1") == recorded_bytes("lumina", "layers 8")

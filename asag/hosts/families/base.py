@@ -25,6 +25,8 @@ class DitFamily:
     not, the adapter names the selected blocks for the extra pass.
     ``image_only`` / ``text_only``: kinds whose attention holds image tokens / text tokens alone
     (a text-only block has nothing for ASAG and cannot be selected).
+    ``side_chains``: kinds whose blocks run as a chain of their own beside the main one, their
+    last output joining it later (NextDiT's caption refiners; asag/reuse.py keeps that output).
     ``replace_keys``: per kind, the host's ``patches_replace["dit"]`` key name, where it has one.
     ``skip_lists``: per kind, the model attribute listing blocks the model never runs (Chroma's
     pruned variants). ``text_padding``: the model attribute giving the multiple the text is
@@ -41,6 +43,7 @@ class DitFamily:
     default_source: str
     image_only: tuple[str, ...] = ()
     text_only: tuple[str, ...] = ()
+    side_chains: tuple[str, ...] = ()
     replace_keys: Mapping[str, str] = field(default_factory=dict)
     skip_lists: Mapping[str, str] = field(default_factory=dict)
     text_padding: str | None = None

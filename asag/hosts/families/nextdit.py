@@ -19,6 +19,6 @@ NEXTDIT = DitFamily(
     name="Lumina 2 / Z-Image", model_class="backend.nn.lumina.NextDiT",
     block_lists=(("context", "context_refiner"), ("refiner", "noise_refiner"), ("layers", "layers")),
     attention_module="backend.nn.lumina", caller="JointAttention.forward", names_blocks=False,
-    image_only=("refiner",), text_only=("context",), text_padding="pad_tokens_multiple", default_blocks="layers 7-9",
+    image_only=("refiner",), text_only=("context",), side_chains=("context",), text_padding="pad_tokens_multiple", default_blocks="layers 7-9",
     default_source="the early-middle placement of SLG's 7-9 on Flux and SD3.5 (none published for NextDiT)",
 )

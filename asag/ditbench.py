@@ -1,4 +1,4 @@
-"""``python -m asag.bench step --model flux`` (or ``chroma``, ``zimage``, ``lumina``): cost per
+"""``python -m asag.bench step --model flux`` (or ``chroma``, ``zimage``, ``lumina``, ``anima``): cost per
 sampling step of ASAG on a transformer model in Forge Neo.
 
 Runs in the repository checkout, not inside the WebUI: it drives the Forge adapter through the
@@ -6,8 +6,8 @@ test suite's stand-in of Neo's modules (tests/hosts/forge_neo_standin, its Flux 
 with a transformer of random weights, through Neo's sampling function, one Euler step per call.
 The token counts are the real ones (``--latent 128``: a 1024x1024 image, 4096 image tokens, with
 512 text tokens) and so are the block counts (Flux: 19 double, 38 single; Z-Image: 2 + 2
-refiners, 30 layers) and the head size (128); the width is ``--heads`` heads (Flux has 24,
-Z-Image 30), so that a CPU run takes minutes. A narrower model gives
+refiners, 30 layers; Anima: 28 blocks) and the head size (128); the width is ``--heads`` heads
+(Flux has 24, Z-Image 30, Anima 16), so that a CPU run takes minutes. A narrower model gives
 attention a larger share of a block's cost than Flux has (attention grows with tokens x width,
 the linear layers with width squared), and ASAG's extra cost is attention: the ratios it prints
 are, if anything, above Flux's. Measured side by side: the plain step, ASAG with the extra pass
@@ -23,7 +23,8 @@ from .stepbench import side_by_side
 
 TEXT_TOKENS = 512  # Flux dev's T5 sequence length
 DEFAULT_BLOCKS = {"flux": ("double 7-9, single 7-9", "single 20-22"), "chroma": ("double 7-9, single 7-9", "single 20-22"),
-                  "zimage": ("layers 7-9", "layers 20-22"), "lumina": ("layers 7-9", "layers 20-22")}
+                  "zimage": ("layers 7-9", "layers 20-22"), "lumina": ("layers 7-9", "layers 20-22"),
+                  "anima": ("blocks 7-9", "blocks 20-22")}
 
 
 def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: int = 2, blocks: tuple[str, ...] | None = None,
@@ -62,8 +63,8 @@ def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: i
     family = host.forge.families.family_for(diffusion_model)
     parameters = sum(t.numel() for t in diffusion_model.parameters()) / 1e6
     layout = " + ".join(f"{count} {kind}" for kind, count in family.kinds(diffusion_model).items())
-    heads = getattr(diffusion_model, "num_heads", getattr(diffusion_model, "n_heads", 0))
-    print(f"sampling step, {model}-shaped transformer ({parameters:.0f} M parameters, random weights, {layout} blocks, "
+    heads = config.get("num_heads", config.get("n_heads"))
+    print(f"sampling step, {model}-shaped transformer ({parameters:.0f} M parameters, random weights, blocks: {layout}, "
           f"{heads} heads), {latent * 8}x{latent * 8} ({(latent // 2) ** 2} image + {text_tokens} text tokens), batch 1, "
           f"CFG {cond_scale:g}, Euler, {steps} steps per run, median of {repeats} interleaved runs, float32, cpu, "
           f"{torch.get_num_threads()} threads")
@@ -86,5 +87,7 @@ def _full_depth(model: str, heads: int) -> dict:
         base = forge_dit_env.FLUX if model == "flux" else forge_dit_env.CHROMA
         return dict(base, hidden_size=128 * heads, num_heads=heads, axes_dim=[16, 56, 56], depth=19, depth_single_blocks=38,
                     **({"out_dim": 128 * heads} if model == "chroma" else {}))
-    base = forge_dit_env.NEXTDIT[model][0]
+    if model == "anima":
+        return dict(forge_dit_env.ANIMA, model_channels=128 * heads, num_heads=heads, num_blocks=28, adaln_lora_dim=256)
+    base = forge_dit_env.NEXTDIT[model]
     return dict(base, dim=128 * heads, n_heads=heads, axes_dims=[32, 48, 48], n_layers=30 if model == "zimage" else 26, multiple_of=256)

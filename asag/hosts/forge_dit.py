@@ -12,8 +12,8 @@ extra pass is perturbed and how its blocks are taken from the main pass:
   text's weights and share kept; text rows as the model computes them; an image-only block
   through the plain operator) and calls the host's own for every other block. It knows the block
   by ``transformer_options["block_type"]`` / ``["block_index"]``, which Flux sets itself and which
-  the selected blocks of a family that does not (NextDiT) set through a forward of theirs for the
-  pass. Everything is put back when the pass ends, however it ends. The joint sequence's text
+  the selected blocks of a family that does not (NextDiT, Anima) set through a forward of theirs
+  for the pass (of their self-attention alone where a block also cross-attends: Anima). Everything is put back when the pass ends, however it ends. The joint sequence's text
   length is the context length of the model call under way, read from the call itself (padded as
   the family pads it).
 * Reuse (asag/reuse.py): the blocks before the first perturbed one, keyed by the model call's
@@ -100,8 +100,9 @@ class DitPerturbation:
         module.attention_function = ours
         forwards = [(self.model, _wrap_forward(self.model, lambda args, kwargs: text_tokens.append(_context(args, kwargs).shape[1])))]
         if not self.family.names_blocks:  # name the selected blocks as Flux's forward_orig names its own
-            forwards += [(block, _wrap_forward(block, *_naming(*address))) for address, block in self.family.blocks(self.model)
-                         if address in self.selected]
+            part = self.family.attention_part
+            forwards += [(named, _wrap_forward(named, *_naming(*address))) for address, block in self.family.blocks(self.model)
+                         if address in self.selected for named in [getattr(block, part) if part else block]]
         try:
             yield model_options
         finally:

@@ -1,10 +1,11 @@
 """Test host for ASAG on the transformer models of Forge Neo: small random-weight Flux, Chroma,
-Lumina 2 and Z-Image models of the stand-in's architecture (tests/hosts/forge_neo_standin/backend/nn),
+Lumina 2, Z-Image and Anima models of the stand-in's architecture (tests/hosts/forge_neo_standin/backend/nn),
 behind Neo's KModel, predictor and patcher as the engines build them
-(backend/diffusion_engine/flux.py:29, chroma.py, lumina.py, zimage.py), and their conditioning as
+(backend/diffusion_engine/flux.py:29, chroma.py, lumina.py, zimage.py, anima.py), and their conditioning as
 the engines' get_learned_conditioning returns it: for Flux a dict (T5 context, CLIP-L pooled
 vector, Flux dev's distilled guidance) carried as the WebUI carries dict conditioning
-(DictWithShape); for Lumina 2 (Gemma) and Z-Image (Qwen3) the text encoder's hidden states."""
+(DictWithShape); for Lumina 2 (Gemma), Z-Image (Qwen3) and Anima (Qwen3 through its adapter) the
+text encoder's hidden states."""
 import importlib
 from types import SimpleNamespace
 
@@ -28,7 +29,15 @@ LUMINA = dict(patch_size=2, in_channels=LATENT_CHANNELS, dim=48, n_layers=10, n_
               ffn_dim_multiplier=2.0, norm_eps=1e-5, qk_norm=True, cap_feat_dim=CONTEXT_DIM, axes_dims=[4, 6, 6], axes_lens=[1, 512, 512])
 ZIMAGE = dict(LUMINA, dim=256, n_heads=4, axes_dims=[16, 24, 24], z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32,
               rope_theta=256.0)
-NEXTDIT = {"lumina": (LUMINA, 6.0), "zimage": (ZIMAGE, 3.0)}
+NEXTDIT = {"lumina": LUMINA, "zimage": ZIMAGE}
+# Anima (Cosmos-Predict2 2B): width 2048, 16 heads of 128, 28 blocks, context 1024 (the text
+# adapter's output), adaLN-LoRA 256, rope extrapolation 4 in height and width, a 5-D latent
+# (batch, 16, 1, H, W) of Qwen-Image's VAE; flow predictor, shift 3 (its scheduler config).
+ANIMA = dict(in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, patch_spatial=2, patch_temporal=1, model_channels=48, num_heads=3,
+             crossattn_emb_channels=CONTEXT_DIM, adaln_lora_dim=16, num_blocks=10, rope_h_extrapolation_ratio=4.0,
+             rope_w_extrapolation_ratio=4.0, rope_t_extrapolation_ratio=1.0)
+SHIFTS = {"lumina": 6.0, "zimage": 3.0, "anima": 3.0}
+TENSOR_CONTEXT = ("lumina", "zimage", "anima")  # conditioning as the text encoder's hidden states, no dict
 
 
 class DictWithShape(dict):
@@ -49,28 +58,30 @@ def dit_model(family: str, seed: int = 0, config: dict | None = None):
         return importlib.import_module("backend.nn.flux").IntegratedFluxTransformer2DModel(**(config or FLUX))
     if family == "chroma":
         return importlib.import_module("backend.nn.chroma").IntegratedChromaTransformer2DModel(**(config or CHROMA))
-    return importlib.import_module("backend.nn.lumina").NextDiT(**(config or NEXTDIT[family][0]))
+    if family == "anima":
+        return importlib.import_module("backend.nn.anima").Anima(**(config or ANIMA))
+    return importlib.import_module("backend.nn.lumina").NextDiT(**(config or NEXTDIT[family]))
 
 
 def dit_p(host, family: str = "flux", seed: int = 0, config: dict | None = None):
     """A processing object whose model is a ``family`` transformer on Neo's engine."""
     prediction = importlib.import_module("backend.modules.k_prediction")
-    predictor = prediction.PredictionDiscreteFlow(shift=NEXTDIT[family][1]) if family in NEXTDIT else prediction.PredictionFlux()
+    predictor = prediction.PredictionDiscreteFlow(shift=SHIFTS[family]) if family in SHIFTS else prediction.PredictionFlux()
     patcher = host.patcher.UnetPatcher(host.k_model.KModel(dit_model(family, seed, config), predictor))
-    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=patcher), is_sd1=False, is_sdxl=False, is_wan=False, is_inpaint=False)
+    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=patcher), is_sd1=False, is_sdxl=False, is_wan=family == "anima", is_inpaint=False)
     return SimpleNamespace(sd_model=sd_model, extra_generation_params={}, is_hr_pass=False, seeds=[seed])
 
 
 def dit_inputs(family: str = "flux", seed: int = 1, batch: int = 1, size: int = 24, tokens: int = 8, uncond_tokens: int = 8,
                guidance: float = 3.5):
-    """Latent (``size`` x ``size``: (size / 2)^2 image tokens), conditioning and negative
+    """Latent (``size`` x ``size``: (size / 2)^2 image tokens; Anima's with a frame axis), conditioning and negative
     conditioning of ``tokens`` / ``uncond_tokens`` text tokens. Chroma has no pooled vector in use
     and no distilled guidance (its engine sends neither: the model takes zeros)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, LATENT_CHANNELS, size, size, generator=g)
+    x = torch.randn(batch, LATENT_CHANNELS, *((1,) if family == "anima" else ()), size, size, generator=g)
 
     def conditioning(n):
-        if family in NEXTDIT:
+        if family in TENSOR_CONTEXT:
             return torch.randn(batch, n, CONTEXT_DIM, generator=g)
         cond = {"crossattn": torch.randn(batch, n, CONTEXT_DIM, generator=g), "vector": torch.randn(batch, VECTOR_DIM, generator=g)}
         if family == "flux":

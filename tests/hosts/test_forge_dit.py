@@ -1,7 +1,7 @@
-"""ASAG on the transformer models of Forge Neo: Flux, Chroma, Lumina 2 and Z-Image (small
-random-weight models of the architecture of Neo's backend/nn/flux.py, chroma.py and lumina.py,
-stand-ins in tests/hosts/forge_neo_standin, checked against diffusers' FluxTransformer2DModel and
-ZImageTransformer2DModel). Through Neo's sampling function,
+"""ASAG on the transformer models of Forge Neo: Flux, Chroma, Lumina 2, Z-Image and Anima (small
+random-weight models of the architecture of Neo's backend/nn/flux.py, chroma.py, lumina.py and
+anima.py, stand-ins in tests/hosts/forge_neo_standin, checked against diffusers' FluxTransformer2DModel,
+ZImageTransformer2DModel and, in test_anima_standin.py, CosmosTransformer3DModel). Through Neo's sampling function,
 at CFG 1 (the distilled models) and above: the guided result by hand, scale 0 and the next plain
 image bit-identical, the host's attention function and the model's forwards back after every
 pass (also one that fails), the joint-attention reading at the host's call (text rows the
@@ -24,11 +24,16 @@ from tests.hosts.forge_env import ScriptCallbacks, _host, denoise_step, reset_fo
 from tests.hosts.test_forge_adapter import start
 
 SIGMA = 0.7
-FAMILIES = ["flux", "chroma", "lumina", "zimage"]
+FAMILIES = ["flux", "chroma", "lumina", "zimage", "anima"]
 # Two selected blocks per family, one of each kind that can be selected.
-TWO_BLOCKS = {"flux": "double 2, single 3", "chroma": "double 2, single 3", "lumina": "refiner 1, layers 3", "zimage": "refiner 1, layers 3"}
+TWO_BLOCKS = {"flux": "double 2, single 3", "chroma": "double 2, single 3", "lumina": "refiner 1, layers 3", "zimage": "refiner 1, layers 3",
+              "anima": "blocks 2, blocks 5"}
 # The order of a NextDiT's attention calls in one model call (it does not name its blocks).
 NEXTDIT_CALLS = [("context", 0), ("context", 1), ("refiner", 0), ("refiner", 1), *(("layers", i) for i in range(10))]
+# Anima's: each block's self-attention, then its cross-attention.
+ANIMA_CALLS = [(("blocks", i), part) for i in range(10) for part in ("self", "cross")]
+ATTENTION_MODULES = {"flux": "backend.nn.flux", "chroma": "backend.nn.flux", "lumina": "backend.nn.lumina", "zimage": "backend.nn.lumina",
+                     "anima": "backend.nn.anima"}
 SIGMAS = torch.tensor([1.0, 0.75, 0.5, 0.25])
 
 
@@ -42,7 +47,7 @@ def flux_module():
 
 
 def attention_module(family):
-    return importlib.import_module("backend.nn.lumina" if family in NEXTDIT else "backend.nn.flux")
+    return importlib.import_module(ATTENTION_MODULES[family])
 
 
 def step(host, family, cond_scale, *, options=HostOptions(), uncond_tokens=8, **fields):
@@ -60,7 +65,7 @@ def step(host, family, cond_scale, *, options=HostOptions(), uncond_tokens=8, **
 def assert_nothing_left(p):
     model = p.sd_model.forge_objects.unet.model.diffusion_model
     assert not any(hasattr(vars(m).get("forward"), WRAPPER_ATTR) for m in model.modules())
-    for family in ("flux", "lumina"):
+    for family in FAMILIES:
         assert attention_module(family).attention_function is importlib.import_module("backend.attention").attention_function
 
 
@@ -80,26 +85,30 @@ def joint_by_hand(q, k, v, text, iterations, strength=1.0):
 
 def perturbed_by_hand(p, family, x, cond, blocks, iterations):
     """The cond prediction with ``blocks`` attending by ``joint_by_hand``, run by the model itself
-    (Neo's KModel), without ASAG's code: Flux names the block under way, a NextDiT's blocks are
-    known by the order of the calls; the text is Z-Image's padded caption."""
+    (Neo's KModel), without ASAG's code: Flux names the block under way, a NextDiT's blocks and
+    Anima's self- and cross-attentions are known by the order of the calls; the text is Z-Image's
+    padded caption; Anima's self-attention holds the image alone."""
     module, kmodel = attention_module(family), p.sd_model.forge_objects.unet.model
     original, calls = module.attention_function, []
-    context = cond if family in NEXTDIT else cond["crossattn"]
-    multiple = NEXTDIT[family][0].get("pad_tokens_multiple") if family in NEXTDIT else None
+    context = cond if isinstance(cond, torch.Tensor) else cond["crossattn"]
+    multiple = NEXTDIT[family].get("pad_tokens_multiple") if family in NEXTDIT else None
     text = -(-context.shape[1] // multiple) * multiple if multiple else context.shape[1]
 
     def by_hand(q, k, v, heads, *args, **kwargs):
         if family in NEXTDIT:
             block = NEXTDIT_CALLS[len(calls)]
+        elif family == "anima":
+            block, part = ANIMA_CALLS[len(calls)]
+            block = block if part == "self" else None
         else:
             block = (kwargs["transformer_options"]["block_type"], kwargs["transformer_options"]["block_index"])
         calls.append(block)
         if block not in blocks:
             return original(q, k, v, heads, *args, **kwargs)
-        out = joint_by_hand(q, k, v, 0 if block[0] == "refiner" else text, iterations).to(q.dtype)  # the refiner: image only
+        out = joint_by_hand(q, k, v, 0 if block[0] in ("refiner", "blocks") else text, iterations).to(q.dtype)  # image only
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
-    if family in NEXTDIT:
+    if isinstance(cond, torch.Tensor):
         conds = {"c_crossattn": cond}
     else:
         conds = {"c_crossattn": cond["crossattn"], "y": cond["vector"], **({"guidance": cond["guidance"]} if "guidance" in cond else {})}
@@ -297,6 +306,7 @@ def count_reuse(host, family, fields, reuse, cond_scale, uncond_tokens):
     ("chroma", "double 3, single 0", 3, 3.5, 8),
     ("lumina", "layers 3", 7, 3.5, 8),  # both refiners of each kind come first
     ("zimage", "refiner 1, layers 0", 3, 1.0, 8),
+    ("anima", "blocks 4-5", 4, 3.5, 12),
 ])
 def test_reuse_gives_the_same_image_with_exactly_the_blocks_before_the_first_perturbed_skipped(neo, family, blocks, reused, cond_scale, uncond_tokens):
     fields = dict(scale=2.0, dit_layers=blocks)
@@ -377,7 +387,8 @@ def test_a_transformer_without_a_family_gets_the_note_and_the_image_untouched(ne
     callbacks = start(host, p, scale=2.0)
     assert torch.equal(denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, 1.0)[0], plain)
     assert p.extra_generation_params[NOTE_KEY].startswith("not applied: this is not a UNet model (SD1, SD2, SDXL) nor a "
-                                                          "transformer ASAG supports (Flux, Chroma, Lumina 2 / Z-Image on Forge Neo)")
+                                                          "transformer ASAG supports (Flux, Chroma, Lumina 2 / Z-Image, Anima on "
+                                                          "Forge Neo); not yet SD3, Qwen-Image or Wan")
     host.forge.end_job(p)
 
 
@@ -437,3 +448,25 @@ def test_only_the_outputs_later_blocks_read_are_recorded(neo):
 
     assert 0 < recorded_bytes("flux", "single 1") == recorded_bytes("flux", "single 9")
     assert 0 < recorded_bytes("lumina", "layers 1") == recorded_bytes("lumina", "layers 8")
+    assert 0 < recorded_bytes("anima", "blocks 1") == recorded_bytes("anima", "blocks 8")
+
+
+def test_on_anima_only_the_self_attention_of_the_selected_blocks_is_perturbed(neo, monkeypatch):
+    """Each Anima block attends twice through the same function, over the image and then to the
+    text: ASAG's operator gets the selected blocks' self-attention alone (the image's 144 tokens
+    as queries and keys, all of it image), once per block and extra pass."""
+    forge_dit = importlib.import_module("asag.hosts.forge_dit")
+    calls = []
+    operator = forge_dit.joint.joint_adversarial_attention
+    monkeypatch.setattr(forge_dit.joint, "joint_adversarial_attention",
+                        lambda q, k, v, image, **kwargs: calls.append((image, q.shape[2], k.shape[2])) or operator(q, k, v, image, **kwargs))
+    p, _ = step(neo, "anima", 3.5, scale=2.0, dit_layers="blocks 3, blocks 8")
+    assert calls == [(slice(0, None), 144, 144)] * 2
+    assert p.extra_generation_params["ASAG DiT blocks"] == "blocks 3, blocks 8"
+
+
+def test_anima_blocks_are_named_as_the_model_has_them(neo):
+    p, (denoised, _, _) = step(neo, "anima", 1.0, scale=2.0, dit_layers="blocks 10")
+    assert p.extra_generation_params[NOTE_KEY] == ("not applied: ASAG parameter 'dit_layers': 'blocks 10' asks for a block this model "
+                                                   "lacks; this model has blocks 0-9")
+    assert torch.equal(denoised, step(neo, "anima", 1.0)[1][0])

@@ -4,11 +4,12 @@ where its self-attention is computed, how its blocks are named and called, and i
 blocks; the Forge adapter does the rest as for a UNet (asag/hosts/forge_dit.py)."""
 from __future__ import annotations
 
+from .anima import ANIMA
 from .base import DitFamily
 from .flux import CHROMA, FLUX
 from .nextdit import NEXTDIT
 
-FAMILIES: tuple[DitFamily, ...] = (FLUX, CHROMA, NEXTDIT)
+FAMILIES: tuple[DitFamily, ...] = (FLUX, CHROMA, NEXTDIT, ANIMA)
 
 
 def family_for(diffusion_model) -> DitFamily | None:

@@ -23,6 +23,8 @@ class DitFamily:
     ``names_blocks``: whether the model itself names the block under way in
     ``transformer_options["block_type"]`` / ``["block_index"]`` (Flux's ``forward_orig``); where
     not, the adapter names the selected blocks for the extra pass.
+    ``attention_part``: where a block attends more than once (Anima: self- then cross-attention),
+    the submodule whose attention is the block's self-attention; the adapter names that alone.
     ``image_only`` / ``text_only``: kinds whose attention holds image tokens / text tokens alone
     (a text-only block has nothing for ASAG and cannot be selected).
     ``side_chains``: kinds whose blocks run as a chain of their own beside the main one, their
@@ -47,6 +49,7 @@ class DitFamily:
     replace_keys: Mapping[str, str] = field(default_factory=dict)
     skip_lists: Mapping[str, str] = field(default_factory=dict)
     text_padding: str | None = None
+    attention_part: str | None = None
 
     def matches(self, diffusion_model) -> bool:
         cls = type(diffusion_model)

@@ -2,7 +2,7 @@
 
     python -m asag.bench attention [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--large]
     python -m asag.bench step      [--device cpu] [--model sd15|sdxl] [--latent N] [--layers "middle;u6-8"] [--steps N] [--negative-chunks 2]
-    python -m asag.bench step --model flux|chroma|zimage|lumina|anima [--latent 128] [--heads N] [--layers "double 7-9, single 7-9;single 20-22"] [--cfg 1]
+    python -m asag.bench step --model flux|chroma|zimage|lumina|anima|qwen [--latent 128] [--heads N] [--layers "double 7-9, single 7-9;single 20-22"] [--cfg 1]
     python -m asag.bench joint     (what each reading of ASAG on joint text+image attention does to the attention)
 
 Every table compares implementations measured side by side in one run and prints ratios;
@@ -193,7 +193,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--latent", type=int, default=64, help="step: latent side (64 = 512x512)")
     parser.add_argument("--large", action="store_true", help="attention: the high-resolution shapes, against SDPA")
-    parser.add_argument("--model", default="sd15", choices=["sd15", "sdxl", "flux", "chroma", "zimage", "lumina", "anima"], help="step: the model's shape")
+    parser.add_argument("--model", default="sd15", choices=["sd15", "sdxl", "flux", "chroma", "zimage", "lumina", "anima", "qwen"], help="step: the model's shape")
     parser.add_argument("--layers", help="step: comma-separated ASAG layer (or transformer block) lists, separated by ';' "
                                          "(default: middle and an output-side list; transformers: the default blocks and single 20-22)")
     parser.add_argument("--heads", type=int, default=2, help="step, transformers: heads of 128 (Flux has 24, Z-Image 30)")
@@ -206,7 +206,7 @@ def main(argv=None):
         bench_attention(args.device, args.dtype, args.repeats, args.large)
     elif args.what == "joint":
         bench_joint()
-    elif args.model in ("flux", "chroma", "zimage", "lumina", "anima"):
+    elif args.model in ("flux", "chroma", "zimage", "lumina", "anima", "qwen"):
         from .ditbench import bench_dit_step
         layers = tuple(args.layers.split(";")) if args.layers else None
         bench_dit_step(args.repeats, args.model, args.latent, args.heads, layers, args.steps if args.steps != 3 else 1, args.cfg)

@@ -1,4 +1,4 @@
-"""``python -m asag.bench step --model flux`` (or ``chroma``, ``zimage``, ``lumina``, ``anima``): cost per
+"""``python -m asag.bench step --model flux`` (or ``chroma``, ``zimage``, ``lumina``, ``anima``, ``qwen``): cost per
 sampling step of ASAG on a transformer model in Forge Neo.
 
 Runs in the repository checkout, not inside the WebUI: it drives the Forge adapter through the
@@ -6,8 +6,8 @@ test suite's stand-in of Neo's modules (tests/hosts/forge_neo_standin, its Flux 
 with a transformer of random weights, through Neo's sampling function, one Euler step per call.
 The token counts are the real ones (``--latent 128``: a 1024x1024 image, 4096 image tokens, with
 512 text tokens) and so are the block counts (Flux: 19 double, 38 single; Z-Image: 2 + 2
-refiners, 30 layers; Anima: 28 blocks) and the head size (128); the width is ``--heads`` heads
-(Flux has 24, Z-Image 30, Anima 16), so that a CPU run takes minutes. A narrower model gives
+refiners, 30 layers; Anima: 28 blocks; Qwen-Image: 60) and the head size (128); the width is
+``--heads`` heads (Flux and Qwen-Image have 24, Z-Image 30, Anima 16), so that a CPU run takes minutes. A narrower model gives
 attention a larger share of a block's cost than Flux has (attention grows with tokens x width,
 the linear layers with width squared), and ASAG's extra cost is attention: the ratios it prints
 are, if anything, above Flux's. Measured side by side: the plain step, ASAG with the extra pass
@@ -24,7 +24,7 @@ from .stepbench import side_by_side
 TEXT_TOKENS = 512  # Flux dev's T5 sequence length
 DEFAULT_BLOCKS = {"flux": ("double 7-9, single 7-9", "single 20-22"), "chroma": ("double 7-9, single 7-9", "single 20-22"),
                   "zimage": ("layers 7-9", "layers 20-22"), "lumina": ("layers 7-9", "layers 20-22"),
-                  "anima": ("blocks 7-9", "blocks 20-22")}
+                  "anima": ("blocks 7-9", "blocks 20-22"), "qwen": ("blocks 7-9", "blocks 40-42")}
 
 
 def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: int = 2, blocks: tuple[str, ...] | None = None,
@@ -63,7 +63,7 @@ def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: i
     family = host.forge.families.family_for(diffusion_model)
     parameters = sum(t.numel() for t in diffusion_model.parameters()) / 1e6
     layout = " + ".join(f"{count} {kind}" for kind, count in family.kinds(diffusion_model).items())
-    heads = config.get("num_heads", config.get("n_heads"))
+    heads = next(config[key] for key in ("num_heads", "n_heads", "num_attention_heads") if key in config)
     print(f"sampling step, {model}-shaped transformer ({parameters:.0f} M parameters, random weights, blocks: {layout}, "
           f"{heads} heads), {latent * 8}x{latent * 8} ({(latent // 2) ** 2} image + {text_tokens} text tokens), batch 1, "
           f"CFG {cond_scale:g}, Euler, {steps} steps per run, median of {repeats} interleaved runs, float32, cpu, "
@@ -89,5 +89,7 @@ def _full_depth(model: str, heads: int) -> dict:
                     **({"out_dim": 128 * heads} if model == "chroma" else {}))
     if model == "anima":
         return dict(forge_dit_env.ANIMA, model_channels=128 * heads, num_heads=heads, num_blocks=28, adaln_lora_dim=256)
+    if model == "qwen":
+        return dict(forge_dit_env.QWEN, attention_head_dim=128, num_attention_heads=heads, num_layers=60, axes_dims_rope=(16, 56, 56))
     base = forge_dit_env.NEXTDIT[model]
     return dict(base, dim=128 * heads, n_heads=heads, axes_dims=[32, 48, 48], n_layers=30 if model == "zimage" else 26, multiple_of=256)

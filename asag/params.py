@@ -146,7 +146,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("dit_layers", "Transformer-model blocks", str, "auto",
               "Blocks to perturb on the transformer models of Forge Neo, where 'ASAG layers' does not apply: auto (the "
               "model's default: double 7-9, single 7-9 on Flux and Chroma; layers 7-9 on Lumina 2 and Z-Image; blocks 7-9 "
-              "on Anima), all, a kind (double, single; refiner, layers; blocks), or ranges such as double 7-9, single 20 "
+              "on Anima and Qwen-Image), all, a kind (double, single; refiner, layers; blocks), or ranges such as double 7-9, single 20 "
               "(the model's own block numbers), comma separated.",
               infotext_key="ASAG DiT blocks", group="Advanced",
               suggestions=("auto", "double 7-9, single 7-9", "single 7-9", "double 7-9", "layers 7-9", "refiner", "blocks 7-9", "all")),

@@ -19,7 +19,7 @@
         "Hires. fix scale": "ASAG scale in the hires. fix pass when the hires mode is override.",
         "Hires. fix iterations": "Sinkhorn iterations in the hires. fix pass when the hires mode is override.",
         "Full-batch compatibility": "Run the extra pass on the whole cond + uncond batch instead of the cond rows only. Slower; chosen automatically when a ControlNet unit needs it (IP-Adapter, reference, inpaint_only, ...). A1111 only: Forge batches the extra pass itself.",
-        "Transformer-model blocks": "Blocks to perturb on the transformer models of Forge Neo, where 'ASAG layers' does not apply: auto (the model's default: double 7-9, single 7-9 on Flux and Chroma; layers 7-9 on Lumina 2 and Z-Image; blocks 7-9 on Anima), all, a kind (double, single; refiner, layers; blocks), or ranges such as double 7-9, single 20 (the model's own block numbers), comma separated."
+        "Transformer-model blocks": "Blocks to perturb on the transformer models of Forge Neo, where 'ASAG layers' does not apply: auto (the model's default: double 7-9, single 7-9 on Flux and Chroma; layers 7-9 on Lumina 2 and Z-Image; blocks 7-9 on Anima and Qwen-Image), all, a kind (double, single; refiner, layers; blocks), or ranges such as double 7-9, single 20 (the model's own block numbers), comma separated."
     };
     for (var label in asagTitles) {
         titles[label] = asagTitles[label];

@@ -11,9 +11,10 @@ extra pass is perturbed and how its blocks are taken from the main pass:
   attention with ``asag.joint`` (image queries over image keys through the adversarial plan, the
   text's weights and share kept; text rows as the model computes them; an image-only block
   through the plain operator) and calls the host's own for every other block. It knows the block
-  by ``transformer_options["block_type"]`` / ``["block_index"]``, which Flux sets itself and which
-  the selected blocks of a family that does not (NextDiT, Anima) set through a forward of theirs
-  for the pass (of their self-attention alone where a block also cross-attends: Anima). Everything is put back when the pass ends, however it ends. The joint sequence's text
+  by ``transformer_options["block_type"]`` / ``["block_index"]``, which Flux sets itself; in a
+  family that does not name its blocks (NextDiT, Anima, Qwen-Image), the selected blocks get a
+  forward for the pass that marks them running (their self-attention alone where a block also
+  cross-attends: Anima). Everything is put back when the pass ends, however it ends. The joint sequence's text
   length is the context length of the model call under way, read from the call itself (padded as
   the family pads it).
 * Reuse (asag/reuse.py): the blocks before the first perturbed one, keyed by the model call's
@@ -70,10 +71,13 @@ def host_blocks(family) -> HostBlocks:
 
 def _own_input(args: tuple, kwargs: dict):
     """A block's input as its output, in the forms Neo calls blocks: Flux's double blocks as
-    ``block(img=..., txt=..., ...)`` (returning ``(img, txt)``), its single blocks and NextDiT's as
-    ``block(x, ...)``."""
+    ``block(img=..., txt=..., ...)`` (returning ``(img, txt)``), Qwen-Image's as
+    ``block(hidden_states=img, encoder_hidden_states=txt, ...)`` (returning ``(txt, img)``), the
+    others as ``block(x, ...)``."""
     if "txt" in kwargs:
         return kwargs["img"], kwargs["txt"]
+    if "encoder_hidden_states" in kwargs:
+        return kwargs["encoder_hidden_states"], kwargs["hidden_states"]
     return args[0] if args else kwargs["img"]
 
 
@@ -96,13 +100,16 @@ class DitPerturbation:
         module = importlib.import_module(self.family.attention_module)
         original = module.attention_function
         text_tokens = []  # the context length of each model call of the pass, the latest last
-        ours = self._attention_function(original, text_tokens, observe)
+        running = []  # the selected block running now, where the model does not name its blocks
+        ours = self._attention_function(original, text_tokens, running, observe)
         module.attention_function = ours
         forwards = [(self.model, _wrap_forward(self.model, lambda args, kwargs: text_tokens.append(_context(args, kwargs).shape[1])))]
-        if not self.family.names_blocks:  # name the selected blocks as Flux's forward_orig names its own
+        if not self.family.names_blocks:
             part = self.family.attention_part
-            forwards += [(named, _wrap_forward(named, *_naming(*address))) for address, block in self.family.blocks(self.model)
-                         if address in self.selected for named in [getattr(block, part) if part else block]]
+            forwards += [(named, _wrap_forward(named, lambda args, kwargs, address=address: running.append(address),
+                                               lambda args, kwargs: running.pop()))
+                         for address, block in self.family.blocks(self.model) if address in self.selected
+                         for named in [getattr(block, part) if part else block]]
         try:
             yield model_options
         finally:
@@ -111,19 +118,24 @@ class DitPerturbation:
             for owner, forward in reversed(forwards):
                 _remove(owner, forward)
 
-    def _attention_function(self, original, text_tokens: list, observe):
+    def _attention_function(self, original, text_tokens: list, running: list, observe):
         params, family, selected = self.params, self.family, self.selected
 
         def asag_attention_function(q, k, v, heads, *args, **kwargs):
-            options = kwargs.get("transformer_options") or {}
-            block = (options.get("block_type"), options.get("block_index"))
-            mask = args[0] if args else kwargs.get("mask")  # NextDiT passes it positionally
-            if block not in selected or not kwargs.get("skip_reshape") or not text_tokens or mask is not None:
+            if family.names_blocks:
+                options = kwargs.get("transformer_options") or {}
+                block = (options.get("block_type"), options.get("block_index"))
+            else:
+                block = running[-1] if running else None
+            mask = args[0] if args else kwargs.get("mask")  # NextDiT and Qwen-Image pass it positionally
+            if block not in selected or not text_tokens or mask is not None or kwargs.get("skip_output_reshape"):
                 if block in selected and mask is not None and not self._mask_said:
                     self._mask_said = True
                     logger.warning("%s block %s attends with a mask, which ASAG does not perturb: computed as the model does",
                                    *block)
                 return original(q, k, v, heads, *args, **kwargs)
+            if not kwargs.get("skip_reshape"):  # Qwen-Image's (batch, tokens, heads * dim)
+                q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
             batch, _, tokens, dim = q.shape
             image = family.image_tokens(self.model, block[0], text_tokens[-1])
             if observe is not None:  # the image queries and keys, as (batch, tokens, heads * dim)
@@ -137,21 +149,6 @@ class DitPerturbation:
 
 def _context(args: tuple, kwargs: dict):
     return kwargs.get("context", args[2] if len(args) > 2 else None)
-
-
-def _naming(kind: str, index: int):
-    """For a block's call: its name in the call's ``transformer_options`` (as Flux's forward_orig
-    names its blocks), taken out again after the call, so the next block is not taken for it."""
-    def name(args: tuple, kwargs: dict) -> None:
-        options = kwargs.get("transformer_options")
-        if options is not None:
-            options["block_type"], options["block_index"] = kind, index
-
-    def unname(args: tuple, kwargs: dict) -> None:
-        options = kwargs.get("transformer_options")
-        if options is not None:
-            options.pop("block_type", None), options.pop("block_index", None)
-    return name, unname
 
 
 def _wrap_forward(module, before, after=None):

@@ -1,11 +1,11 @@
 """Test host for ASAG on the transformer models of Forge Neo: small random-weight Flux, Chroma,
-Lumina 2, Z-Image and Anima models of the stand-in's architecture (tests/hosts/forge_neo_standin/backend/nn),
+Lumina 2, Z-Image, Anima and Qwen-Image models of the stand-in's architecture (tests/hosts/forge_neo_standin/backend/nn),
 behind Neo's KModel, predictor and patcher as the engines build them
-(backend/diffusion_engine/flux.py:29, chroma.py, lumina.py, zimage.py, anima.py), and their conditioning as
+(backend/diffusion_engine/flux.py:29, chroma.py, lumina.py, zimage.py, anima.py, qwen.py), and their conditioning as
 the engines' get_learned_conditioning returns it: for Flux a dict (T5 context, CLIP-L pooled
 vector, Flux dev's distilled guidance) carried as the WebUI carries dict conditioning
-(DictWithShape); for Lumina 2 (Gemma), Z-Image (Qwen3) and Anima (Qwen3 through its adapter) the
-text encoder's hidden states."""
+(DictWithShape); for Lumina 2 (Gemma), Z-Image (Qwen3), Anima (Qwen3 through its adapter) and
+Qwen-Image (Qwen2.5-VL) the text encoder's hidden states."""
 import importlib
 from types import SimpleNamespace
 
@@ -36,8 +36,13 @@ NEXTDIT = {"lumina": LUMINA, "zimage": ZIMAGE}
 ANIMA = dict(in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, patch_spatial=2, patch_temporal=1, model_channels=48, num_heads=3,
              crossattn_emb_channels=CONTEXT_DIM, adaln_lora_dim=16, num_blocks=10, rope_h_extrapolation_ratio=4.0,
              rope_w_extrapolation_ratio=4.0, rope_t_extrapolation_ratio=1.0)
-SHIFTS = {"lumina": 6.0, "zimage": 3.0, "anima": 3.0}
-TENSOR_CONTEXT = ("lumina", "zimage", "anima")  # conditioning as the text encoder's hidden states, no dict
+# Qwen-Image: width 3072 (24 heads of 128, rope axes 16/56/56), 60 blocks, Qwen2.5-VL context
+# 3584, 16 latent channels in 2x2 patches of a 5-D latent; a flow predictor (multiplier 1).
+QWEN = dict(patch_size=2, in_channels=LATENT_CHANNELS * 4, out_channels=LATENT_CHANNELS, num_layers=10, attention_head_dim=16,
+            num_attention_heads=3, joint_attention_dim=CONTEXT_DIM, axes_dims_rope=(4, 6, 6))
+SHIFTS = {"lumina": 6.0, "zimage": 3.0, "anima": 3.0, "qwen": 1.15}
+TENSOR_CONTEXT = ("lumina", "zimage", "anima", "qwen")  # conditioning as the text encoder's hidden states, no dict
+FRAME_AXIS = ("anima", "qwen")  # Neo's engines with Wan-style 5-D latents (is_wan)
 
 
 class DictWithShape(dict):
@@ -60,6 +65,8 @@ def dit_model(family: str, seed: int = 0, config: dict | None = None):
         return importlib.import_module("backend.nn.chroma").IntegratedChromaTransformer2DModel(**(config or CHROMA))
     if family == "anima":
         return importlib.import_module("backend.nn.anima").Anima(**(config or ANIMA))
+    if family == "qwen":
+        return importlib.import_module("backend.nn.qwen").QwenImageTransformer2DModel(**(config or QWEN))
     return importlib.import_module("backend.nn.lumina").NextDiT(**(config or NEXTDIT[family]))
 
 
@@ -68,17 +75,17 @@ def dit_p(host, family: str = "flux", seed: int = 0, config: dict | None = None)
     prediction = importlib.import_module("backend.modules.k_prediction")
     predictor = prediction.PredictionDiscreteFlow(shift=SHIFTS[family]) if family in SHIFTS else prediction.PredictionFlux()
     patcher = host.patcher.UnetPatcher(host.k_model.KModel(dit_model(family, seed, config), predictor))
-    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=patcher), is_sd1=False, is_sdxl=False, is_wan=family == "anima", is_inpaint=False)
+    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=patcher), is_sd1=False, is_sdxl=False, is_wan=family in FRAME_AXIS, is_inpaint=False)
     return SimpleNamespace(sd_model=sd_model, extra_generation_params={}, is_hr_pass=False, seeds=[seed])
 
 
 def dit_inputs(family: str = "flux", seed: int = 1, batch: int = 1, size: int = 24, tokens: int = 8, uncond_tokens: int = 8,
                guidance: float = 3.5):
-    """Latent (``size`` x ``size``: (size / 2)^2 image tokens; Anima's with a frame axis), conditioning and negative
+    """Latent (``size`` x ``size``: (size / 2)^2 image tokens; Anima's and Qwen-Image's with a frame axis), conditioning and negative
     conditioning of ``tokens`` / ``uncond_tokens`` text tokens. Chroma has no pooled vector in use
     and no distilled guidance (its engine sends neither: the model takes zeros)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, LATENT_CHANNELS, *((1,) if family == "anima" else ()), size, size, generator=g)
+    x = torch.randn(batch, LATENT_CHANNELS, *((1,) if family in FRAME_AXIS else ()), size, size, generator=g)
 
     def conditioning(n):
         if family in TENSOR_CONTEXT:

@@ -24,16 +24,16 @@ from tests.hosts.forge_env import ScriptCallbacks, _host, denoise_step, reset_fo
 from tests.hosts.test_forge_adapter import start
 
 SIGMA = 0.7
-FAMILIES = ["flux", "chroma", "lumina", "zimage", "anima"]
+FAMILIES = ["flux", "chroma", "lumina", "zimage", "anima", "qwen"]
 # Two selected blocks per family, one of each kind that can be selected.
 TWO_BLOCKS = {"flux": "double 2, single 3", "chroma": "double 2, single 3", "lumina": "refiner 1, layers 3", "zimage": "refiner 1, layers 3",
-              "anima": "blocks 2, blocks 5"}
+              "anima": "blocks 2, blocks 5", "qwen": "blocks 2, blocks 5"}
 # The order of a NextDiT's attention calls in one model call (it does not name its blocks).
 NEXTDIT_CALLS = [("context", 0), ("context", 1), ("refiner", 0), ("refiner", 1), *(("layers", i) for i in range(10))]
 # Anima's: each block's self-attention, then its cross-attention.
 ANIMA_CALLS = [(("blocks", i), part) for i in range(10) for part in ("self", "cross")]
 ATTENTION_MODULES = {"flux": "backend.nn.flux", "chroma": "backend.nn.flux", "lumina": "backend.nn.lumina", "zimage": "backend.nn.lumina",
-                     "anima": "backend.nn.anima"}
+                     "anima": "backend.nn.anima", "qwen": "backend.nn.qwen"}
 SIGMAS = torch.tensor([1.0, 0.75, 0.5, 0.25])
 
 
@@ -100,12 +100,17 @@ def perturbed_by_hand(p, family, x, cond, blocks, iterations):
         elif family == "anima":
             block, part = ANIMA_CALLS[len(calls)]
             block = block if part == "self" else None
+        elif family == "qwen":
+            block = ("blocks", len(calls))
         else:
             block = (kwargs["transformer_options"]["block_type"], kwargs["transformer_options"]["block_index"])
         calls.append(block)
         if block not in blocks:
             return original(q, k, v, heads, *args, **kwargs)
-        out = joint_by_hand(q, k, v, 0 if block[0] in ("refiner", "blocks") else text, iterations).to(q.dtype)  # image only
+        if family == "qwen":  # Qwen-Image passes (batch, tokens, heads * dim)
+            q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+        image_only = block[0] == "refiner" or family == "anima"
+        out = joint_by_hand(q, k, v, 0 if image_only else text, iterations).to(q.dtype)
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
     if isinstance(cond, torch.Tensor):
@@ -258,8 +263,9 @@ def test_scale_0_and_the_next_plain_generation_are_bit_identical(neo, family):
     assert pristine.model_options.get("sampler_post_cfg_function", []) == []
 
 
+@pytest.mark.parametrize("family, blocks", [("flux", "double 0, single 5-6"), ("qwen", "blocks 0, blocks 5-6")])
 @pytest.mark.parametrize("reuse", [True, False])
-def test_the_host_call_gives_the_operator_the_text_as_the_main_pass_ran_it(neo, monkeypatch, reuse):
+def test_the_host_call_gives_the_operator_the_text_as_the_main_pass_ran_it(neo, monkeypatch, reuse, family, blocks):
     """At Neo's attention call: the image starts after the text, the text rows are the model's
     attention, and only the selected blocks go through ASAG's operator. The negative prompt has 12
     tokens, the prompt 8: Neo batches them by repeating each to 24, which changes joint attention,
@@ -274,7 +280,7 @@ def test_the_host_call_gives_the_operator_the_text_as_the_main_pass_ran_it(neo, 
         return out
 
     monkeypatch.setattr(forge_dit.joint, "joint_adversarial_attention", spy)
-    step(neo, "flux", 3.5, scale=2.0, dit_layers="double 0, single 5-6", uncond_tokens=12, options=HostOptions(reuse=reuse))
+    step(neo, family, 3.5, scale=2.0, dit_layers=blocks, uncond_tokens=12, options=HostOptions(reuse=reuse))
     assert len(calls) == 3  # one extra pass, three selected blocks
     for image, text_rows, out in calls:
         assert image == slice(24, None)
@@ -307,6 +313,7 @@ def count_reuse(host, family, fields, reuse, cond_scale, uncond_tokens):
     ("lumina", "layers 3", 7, 3.5, 8),  # both refiners of each kind come first
     ("zimage", "refiner 1, layers 0", 3, 1.0, 8),
     ("anima", "blocks 4-5", 4, 3.5, 12),
+    ("qwen", "blocks 3", 3, 3.5, 12),  # the text repeated to batch, as for Flux
 ])
 def test_reuse_gives_the_same_image_with_exactly_the_blocks_before_the_first_perturbed_skipped(neo, family, blocks, reused, cond_scale, uncond_tokens):
     fields = dict(scale=2.0, dit_layers=blocks)
@@ -317,16 +324,17 @@ def test_reuse_gives_the_same_image_with_exactly_the_blocks_before_the_first_per
     torch.testing.assert_close(on, off, rtol=0, atol=1e-5 * off.abs().max().item())
 
 
-def test_another_extensions_block_replacement_makes_the_extra_pass_run_in_full(neo):
+@pytest.mark.parametrize("family, blocks, kind", [("flux", "single 0", "double"), ("qwen", "blocks 4", "blocks")])
+def test_another_extensions_block_replacement_makes_the_extra_pass_run_in_full(neo, family, blocks, kind):
     host = neo
-    p = dit_p(host, "flux")
+    p = dit_p(host, family)
     unet = p.sd_model.forge_objects.unet
     unet.model_options.setdefault("transformer_options", {}).setdefault("patches_replace", {})["dit"] = {
         ("double_block", 1): lambda args, extra: extra["original_block"](args)}
-    x, cond, uncond = dit_inputs("flux")
-    callbacks = start(host, p, scale=2.0, dit_layers="single 0")
+    x, cond, uncond = dit_inputs(family)
+    callbacks = start(host, p, scale=2.0, dit_layers=blocks)
     denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, 1.0)
-    assert getattr(p, host.forge.STATE_ATTR).reuse.reason == "a dit replacement is set on double block 1"
+    assert getattr(p, host.forge.STATE_ATTR).reuse.reason == f"a dit replacement is set on {kind} block 1"
     host.forge.end_job(p)
 
 
@@ -387,8 +395,8 @@ def test_a_transformer_without_a_family_gets_the_note_and_the_image_untouched(ne
     callbacks = start(host, p, scale=2.0)
     assert torch.equal(denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, 1.0)[0], plain)
     assert p.extra_generation_params[NOTE_KEY].startswith("not applied: this is not a UNet model (SD1, SD2, SDXL) nor a "
-                                                          "transformer ASAG supports (Flux, Chroma, Lumina 2 / Z-Image, Anima on "
-                                                          "Forge Neo); not yet SD3, Qwen-Image or Wan")
+                                                          "transformer ASAG supports (Flux, Chroma, Lumina 2 / Z-Image, Anima, "
+                                                          "Qwen-Image on Forge Neo); not yet SD3 or Wan")
     host.forge.end_job(p)
 
 
@@ -449,6 +457,7 @@ def test_only_the_outputs_later_blocks_read_are_recorded(neo):
     assert 0 < recorded_bytes("flux", "single 1") == recorded_bytes("flux", "single 9")
     assert 0 < recorded_bytes("lumina", "layers 1") == recorded_bytes("lumina", "layers 8")
     assert 0 < recorded_bytes("anima", "blocks 1") == recorded_bytes("anima", "blocks 8")
+    assert 0 < recorded_bytes("qwen", "blocks 1") == recorded_bytes("qwen", "blocks 8")
 
 
 def test_on_anima_only_the_self_attention_of_the_selected_blocks_is_perturbed(neo, monkeypatch):

@@ -27,12 +27,13 @@ def test_step_benchmark_rows_for_a_two_chunk_negative_prompt(capsys):
     assert names[-3:] == ["CFG, 2-chunk negative", "ASAG u6-8, 2-chunk negative, full", "ASAG u6-8, 2-chunk negative, reuse"]
 
 
-@pytest.mark.parametrize("model, blocks", [("flux", "double 7-9, single 7-9"), ("zimage", "layers 7-9"), ("anima", "blocks 7-9")])
+@pytest.mark.parametrize("model, blocks", [("flux", "double 7-9, single 7-9"), ("zimage", "layers 7-9"), ("anima", "blocks 7-9"),
+                                          ("qwen", "blocks 7-9")])
 def test_transformer_step_benchmark_runs_its_configurations(capsys, model, blocks):
     from asag.ditbench import bench_dit_step
-    from tests.hosts.forge_dit_env import ANIMA, FLUX, ZIMAGE
+    from tests.hosts.forge_dit_env import ANIMA, FLUX, QWEN, ZIMAGE
 
-    config = {"flux": FLUX, "zimage": ZIMAGE, "anima": ANIMA}[model]
+    config = {"flux": FLUX, "zimage": ZIMAGE, "anima": ANIMA, "qwen": QWEN}[model]
     bench_dit_step(1, model, latent=16, config=config, blocks=(blocks,), text_tokens=8)
     lines = capsys.readouterr().out.splitlines()
     names = [f"ASAG {blocks}, full extra pass", f"ASAG {blocks}, reuse"]

@@ -8,8 +8,9 @@ from .anima import ANIMA
 from .base import DitFamily
 from .flux import CHROMA, FLUX
 from .nextdit import NEXTDIT
+from .qwen import QWEN_IMAGE
 
-FAMILIES: tuple[DitFamily, ...] = (FLUX, CHROMA, NEXTDIT, ANIMA)
+FAMILIES: tuple[DitFamily, ...] = (FLUX, CHROMA, NEXTDIT, ANIMA, QWEN_IMAGE)
 
 
 def family_for(diffusion_model) -> DitFamily | None:

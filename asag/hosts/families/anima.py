@@ -4,8 +4,8 @@
 Each block attends twice: ``self_attn`` over the image tokens alone (a UNet's ``attn1``), then
 ``cross_attn`` from the image to the text adapter's context, both through
 ``SelfCrossAttention.torch_attention_op`` -> the module-level ``attention_function``, which is
-not told which block, nor which of the two, runs. The adapter names the selected blocks'
-``self_attn`` for the extra pass; the cross-attention stays the model's. The self-attention holds
+not told which block, nor which of the two, runs. The adapter marks the selected blocks'
+``self_attn`` running for the extra pass; the cross-attention stays the model's. The self-attention holds
 no text, so ASAG there is the plain operator (asag/sinkhorn.py), as on a UNet.
 
 Default blocks: no attention or layer guidance has been published for Anima or Cosmos, so
@@ -17,6 +17,6 @@ from .base import DitFamily
 
 ANIMA = DitFamily(
     name="Anima", model_class="backend.nn.anima.Anima", block_lists=(("blocks", "blocks"),), attention_module="backend.nn.anima",
-    caller="SelfCrossAttention.torch_attention_op", names_blocks=False, attention_part="self_attn", image_only=("blocks",),
+    names_blocks=False, attention_part="self_attn", image_only=("blocks",),
     default_blocks="blocks 7-9", default_source="the early-middle placement of SLG's 7-9 on Flux and SD3.5 (none published for Anima)",
 )

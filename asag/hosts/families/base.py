@@ -16,13 +16,14 @@ class DitFamily:
     ``model_class``: ``module.Class`` of the host's model (how the family is recognised).
     ``block_lists``: ``(kind, attribute)`` per block list of the model, in execution order.
     ``attention_module``: the module whose global ``attention_function`` the blocks' attention
-    calls as ``f(q, k, v, heads, [mask,] skip_reshape=True, transformer_options=...)``, q, k, v of
-    shape (batch, heads, tokens, dim), the text tokens first in a joint sequence.
-    ``caller``: the function in that module that makes the call; the family needs Neo's form of
-    it, which passes ``transformer_options`` (how ``check_host`` tells Neo's code from others').
+    calls as ``f(q, k, v, heads, [mask,] skip_reshape=True, ...)`` with q, k, v of shape (batch,
+    heads, tokens, dim), or without skip_reshape as (batch, tokens, heads * dim) (Qwen-Image), the
+    text tokens first in a joint sequence.
     ``names_blocks``: whether the model itself names the block under way in
     ``transformer_options["block_type"]`` / ``["block_index"]`` (Flux's ``forward_orig``); where
-    not, the adapter names the selected blocks for the extra pass.
+    not, the adapter marks the selected blocks running for the extra pass.
+    ``caller``: for a family that names its blocks, the function in that module that makes the
+    call; it must pass ``transformer_options`` (how ``check_host`` tells Neo's code from others').
     ``attention_part``: where a block attends more than once (Anima: self- then cross-attention),
     the submodule whose attention is the block's self-attention; the adapter names that alone.
     ``image_only`` / ``text_only``: kinds whose attention holds image tokens / text tokens alone
@@ -39,7 +40,6 @@ class DitFamily:
     model_class: str
     block_lists: tuple[tuple[str, str], ...]
     attention_module: str
-    caller: str
     names_blocks: bool
     default_blocks: str
     default_source: str
@@ -50,6 +50,7 @@ class DitFamily:
     skip_lists: Mapping[str, str] = field(default_factory=dict)
     text_padding: str | None = None
     attention_part: str | None = None
+    caller: str | None = None
 
     def matches(self, diffusion_model) -> bool:
         cls = type(diffusion_model)
@@ -58,6 +59,8 @@ class DitFamily:
     def check_host(self) -> None:
         """Raises ``ValueError`` where the host's code for this family does not pass the attention
         its ``transformer_options`` (lllyasviel's Forge has Flux's class with ``attention(q, k, v, pe)``)."""
+        if self.caller is None:
+            return
         caller = importlib.import_module(self.attention_module)
         for name in self.caller.split("."):
             caller = getattr(caller, name)

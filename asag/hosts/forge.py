@@ -182,7 +182,8 @@ def before_sampling(p) -> None:
         return
     if blocks is None:
         job.not_applied(p, "this is not a UNet model (SD1, SD2, SDXL) nor a transformer ASAG supports "
-                           f"({', '.join(f.name for f in families.FAMILIES)} on Forge Neo); not yet SD3 or Wan")
+                           f"({', '.join(f.name for f in families.FAMILIES)} on Forge Neo): the model is "
+                           f"{type(sd_model.forge_objects.unet.model.diffusion_model).__name__}")
         return
     unet = sd_model.forge_objects.unet.clone()
     diffusion_model = unet.model.diffusion_model

@@ -385,7 +385,7 @@ def test_the_unet_layer_list_does_not_apply_to_a_transformer(neo):
 
 
 def test_a_transformer_without_a_family_gets_the_note_and_the_image_untouched(neo):
-    """A model class ASAG does not know (as SD3 or Qwen-Image on Neo): said, not guided."""
+    """A model class ASAG does not know (as Wan on Neo, or a Nunchaku build): said, with the class, not guided."""
     host = neo
     p = dit_p(host, "flux")
     model = p.sd_model.forge_objects.unet.model.diffusion_model
@@ -394,9 +394,9 @@ def test_a_transformer_without_a_family_gets_the_note_and_the_image_untouched(ne
     plain = denoise_step(host, dit_p(host, "flux"), ScriptCallbacks(), x, SIGMA, cond, uncond, 1.0)[0]
     callbacks = start(host, p, scale=2.0)
     assert torch.equal(denoise_step(host, p, callbacks, x, SIGMA, cond, uncond, 1.0)[0], plain)
-    assert p.extra_generation_params[NOTE_KEY].startswith("not applied: this is not a UNet model (SD1, SD2, SDXL) nor a "
-                                                          "transformer ASAG supports (Flux, Chroma, Lumina 2 / Z-Image, Anima, "
-                                                          "Qwen-Image on Forge Neo); not yet SD3 or Wan")
+    assert p.extra_generation_params[NOTE_KEY] == ("not applied: this is not a UNet model (SD1, SD2, SDXL) nor a transformer ASAG "
+                                                   "supports (Flux, Chroma, Lumina 2 / Z-Image, Anima, Qwen-Image on Forge Neo): "
+                                                   "the model is OtherTransformer")
     host.forge.end_job(p)
 
 

@@ -196,7 +196,7 @@ def main(argv=None):
     parser.add_argument("--model", default="sd15", choices=["sd15", "sdxl", "flux", "chroma", "zimage", "lumina", "anima", "qwen"], help="step: the model's shape")
     parser.add_argument("--layers", help="step: comma-separated ASAG layer (or transformer block) lists, separated by ';' "
                                          "(default: middle and an output-side list; transformers: the default blocks and single 20-22)")
-    parser.add_argument("--heads", type=int, default=2, help="step, transformers: heads of 128 (Flux has 24, Z-Image 30)")
+    parser.add_argument("--heads", type=int, default=2, help="step, transformers: heads of 128 (Flux and Qwen-Image have 24, Z-Image 30, Anima 16)")
     parser.add_argument("--cfg", type=float, default=1.0, help="step, transformers: the CFG scale (1: distilled Flux dev)")
     parser.add_argument("--steps", type=int, default=3, help="step: sampling steps per run")
     parser.add_argument("--negative-chunks", type=int, default=1,

@@ -1,16 +1,16 @@
-"""``python -m asag.bench step --model flux`` (or ``chroma``, ``zimage``, ``lumina``, ``anima``, ``qwen``): cost per
-sampling step of ASAG on a transformer model in Forge Neo.
+"""``python -m asag.bench step --model flux`` (or ``chroma``, ``zimage``, ``lumina``, ``anima``,
+``qwen``): cost per sampling step of ASAG on a transformer model in Forge Neo.
 
 Runs in the repository checkout, not inside the WebUI: it drives the Forge adapter through the
-test suite's stand-in of Neo's modules (tests/hosts/forge_neo_standin, its Flux and Chroma code)
-with a transformer of random weights, through Neo's sampling function, one Euler step per call.
-The token counts are the real ones (``--latent 128``: a 1024x1024 image, 4096 image tokens, with
-512 text tokens) and so are the block counts (Flux: 19 double, 38 single; Z-Image: 2 + 2
-refiners, 30 layers; Anima: 28 blocks; Qwen-Image: 60) and the head size (128); the width is
-``--heads`` heads (Flux and Qwen-Image have 24, Z-Image 30, Anima 16), so that a CPU run takes minutes. A narrower model gives
-attention a larger share of a block's cost than Flux has (attention grows with tokens x width,
-the linear layers with width squared), and ASAG's extra cost is attention: the ratios it prints
-are, if anything, above Flux's. Measured side by side: the plain step, ASAG with the extra pass
+test suite's stand-in of Neo's modules (tests/hosts/forge_neo_standin, its model code) with a
+transformer of random weights, through Neo's sampling function, one Euler step per call. The
+token counts are the real ones (``--latent 128``: a 1024x1024 image, 4096 image tokens, with 512
+text tokens) and so are the block counts (Flux: 19 double, 38 single; Z-Image: 2 + 2 refiners,
+30 layers; Anima: 28 blocks; Qwen-Image: 60) and the head size (128); the width is ``--heads``
+heads (Flux and Qwen-Image have 24, Z-Image 30, Anima 16), so that a CPU run takes minutes. A
+narrower model gives attention a larger share of a block's cost than the real one has (attention
+grows with tokens x width, the linear layers with width squared), and ASAG's extra cost is
+attention: the ratios it prints are, if anything, above the real model's. Measured side by side: the plain step, ASAG with the extra pass
 in full (Settings: reuse off), and ASAG with the extra pass taking the blocks before the first
 perturbed one from the main pass (the default); the full pass's ratio is the cost of one more
 model call plus the Sinkhorn plans."""

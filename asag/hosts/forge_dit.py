@@ -14,9 +14,9 @@ extra pass is perturbed and how its blocks are taken from the main pass:
   by ``transformer_options["block_type"]`` / ``["block_index"]``, which Flux sets itself; in a
   family that does not name its blocks (NextDiT, Anima, Qwen-Image), the selected blocks get a
   forward for the pass that marks them running (their self-attention alone where a block also
-  cross-attends: Anima). Everything is put back when the pass ends, however it ends. The joint sequence's text
-  length is the context length of the model call under way, read from the call itself (padded as
-  the family pads it).
+  cross-attends: Anima). Everything is put back when the pass ends, however it ends. The joint
+  sequence's text length is the context length of the model call under way, read from the call
+  itself (padded as the family pads it).
 * Reuse (asag/reuse.py): the blocks before the first perturbed one, keyed by the model call's
   inputs (latent, timestep, context, pooled vector, distilled guidance), compared exactly.
 """
@@ -104,12 +104,13 @@ class DitPerturbation:
         ours = self._attention_function(original, text_tokens, running, observe)
         module.attention_function = ours
         forwards = [(self.model, _wrap_forward(self.model, lambda args, kwargs: text_tokens.append(_context(args, kwargs).shape[1])))]
-        if not self.family.names_blocks:
+        if not self.family.names_blocks:  # mark each selected block (or its self-attention) running
             part = self.family.attention_part
-            forwards += [(named, _wrap_forward(named, lambda args, kwargs, address=address: running.append(address),
-                                               lambda args, kwargs: running.pop()))
-                         for address, block in self.family.blocks(self.model) if address in self.selected
-                         for named in [getattr(block, part) if part else block]]
+            for address, block in self.family.blocks(self.model):
+                if address in self.selected:
+                    attending = getattr(block, part) if part else block
+                    forwards.append((attending, _wrap_forward(attending, lambda args, kwargs, address=address: running.append(address),
+                                                              lambda args, kwargs: running.pop())))
         try:
             yield model_options
         finally:

@@ -5,8 +5,9 @@ Each block attends twice: ``self_attn`` over the image tokens alone (a UNet's ``
 ``cross_attn`` from the image to the text adapter's context, both through
 ``SelfCrossAttention.torch_attention_op`` -> the module-level ``attention_function``, which is
 not told which block, nor which of the two, runs. The adapter marks the selected blocks'
-``self_attn`` running for the extra pass; the cross-attention stays the model's. The self-attention holds
-no text, so ASAG there is the plain operator (asag/sinkhorn.py), as on a UNet.
+``self_attn`` running for the extra pass; the cross-attention stays the model's. The
+self-attention holds no text, so ASAG there is the plain operator (asag/sinkhorn.py), as on a
+UNet.
 
 Default blocks: no attention or layer guidance has been published for Anima or Cosmos, so
 ``blocks 7-9`` carries over the early-middle placement of Flux's and SD3.5's 7-9 (of 28 here).

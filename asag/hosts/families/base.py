@@ -25,7 +25,7 @@ class DitFamily:
     ``caller``: for a family that names its blocks, the function in that module that makes the
     call; it must pass ``transformer_options`` (how ``check_host`` tells Neo's code from others').
     ``attention_part``: where a block attends more than once (Anima: self- then cross-attention),
-    the submodule whose attention is the block's self-attention; the adapter names that alone.
+    the submodule whose attention is the block's self-attention; the adapter marks that alone.
     ``image_only`` / ``text_only``: kinds whose attention holds image tokens / text tokens alone
     (a text-only block has nothing for ASAG and cannot be selected).
     ``side_chains``: kinds whose blocks run as a chain of their own beside the main one, their

@@ -4,7 +4,8 @@ A NextDiT runs two text-only ``context_refiner`` blocks over the caption, two im
 ``noise_refiner`` blocks over the image (here ``refiner``), then its main ``layers`` over the
 joint sequence ``cat(caption, image)`` (26 in Lumina 2, 30 in Z-Image). Every block attends
 through ``JointAttention.forward`` -> the module-level ``attention_function`` (the mask passed
-positionally), which is not told which block runs: the adapter marks the selected blocks running itself.
+positionally), which is not told which block runs: the adapter marks the selected blocks
+running itself.
 Z-Image pads the caption with learned tokens to a multiple of ``pad_tokens_multiple``.
 
 Default blocks: no guidance of this family has been published for NextDiT (ComfyUI's

@@ -10,10 +10,10 @@ text tokens) and so are the block counts (Flux: 19 double, 38 single; Z-Image: 2
 heads (Flux and Qwen-Image have 24, Z-Image 30, Anima 16), so that a CPU run takes minutes. A
 narrower model gives attention a larger share of a block's cost than the real one has (attention
 grows with tokens x width, the linear layers with width squared), and ASAG's extra cost is
-attention: the ratios it prints are, if anything, above the real model's. Measured side by side: the plain step, ASAG with the extra pass
-in full (Settings: reuse off), and ASAG with the extra pass taking the blocks before the first
-perturbed one from the main pass (the default); the full pass's ratio is the cost of one more
-model call plus the Sinkhorn plans."""
+attention: the ratios it prints are, if anything, above the real model's. Measured side by side:
+the plain step, ASAG with the extra pass in full (Settings: reuse off), and ASAG with the extra
+pass taking the blocks before the first perturbed one from the main pass (the default); the full
+pass's ratio is the cost of one more model call plus the Sinkhorn plans."""
 from __future__ import annotations
 
 import torch
@@ -31,7 +31,7 @@ def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: i
                    steps: int = 1, cond_scale: float = 1.0, config: dict | None = None, text_tokens: int = TEXT_TOKENS) -> None:
     """``config``: a model config instead of the Flux-shaped one (the tests pass a small one)."""
     from tests.hosts import forge_dit_env
-    from tests.hosts.forge_env import ScriptCallbacks, _host, denoise_step
+    from tests.hosts.forge_env import ScriptCallbacks, _host, euler
 
     threads = torch.get_num_threads()
     host_context = _host("neo")
@@ -51,11 +51,7 @@ def bench_dit_step(repeats: int, model: str = "flux", latent: int = 64, heads: i
             p.sd_model.forge_objects.unet = pristine
             host.forge.start_job(p, host.job.start(p, [fields]), HostOptions(reuse=reuse))
             host.forge.before_sampling(p)
-            latent_x = x
-            with torch.no_grad():
-                for i in range(steps):
-                    denoised = denoise_step(host, p, callbacks, latent_x, sigmas[i], cond, uncond, cond_scale, step=i, total=steps)[0]
-                    latent_x = latent_x + (latent_x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+            euler(host, p, callbacks, x, sigmas, cond, uncond, cond_scale)
             host.forge.end_job(p)
         return run
 

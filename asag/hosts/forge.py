@@ -18,9 +18,10 @@ and modifiers that act inside blocks make the extra pass run in full. Forge batc
 different lengths by repeating the shorter context to a common length, so the extra pass is given
 each prompt's context as the main pass ran it (the same attention), which keeps the rows matched.
 
-Transformer models (Forge Neo's Flux and Chroma): the same post-CFG function and batch helper;
-what differs, how the extra pass is perturbed and how its blocks are replayed, is
-asag/hosts/forge_dit.py, and what differs between model families is asag/hosts/families.
+Transformer models (Forge Neo's Flux, Chroma, Lumina 2, Z-Image, Anima, Qwen-Image): the same
+post-CFG function and batch helper; what differs, how the extra pass is perturbed and how its
+blocks are replayed, is asag/hosts/forge_dit.py, and what differs between model families is
+asag/hosts/families.
 """
 from __future__ import annotations
 

@@ -172,3 +172,11 @@ def denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=0,
             return sampler.cfg_denoiser_sample(denoiser, params, cond_scale, composition, model_options=model_options)
         assert model_options is None, f"{host.line} has no sampler that sends model options"
         return host.sampling.sampling_function(denoiser, params, cond_scale, composition)
+
+
+def euler(host, p, callbacks, x, sigmas, cond, uncond, cond_scale):
+    """Euler over ``sigmas`` as the WebUI's sampler drives the CFG denoiser: the final latent."""
+    for step, (sigma, following) in enumerate(zip(sigmas, sigmas[1:])):
+        denoised = denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=step, total=len(sigmas) - 1)[0]
+        x = x + (x - denoised) / sigma * (following - sigma)
+    return x

@@ -20,7 +20,7 @@ from asag.reuse import WRAPPER_ATTR
 from tests.core.reference import reference_plan
 from tests.hosts.block_counter import BlockCounter
 from tests.hosts.forge_dit_env import FLUX, NEXTDIT, ZIMAGE, dit_inputs, dit_model, dit_p
-from tests.hosts.forge_env import ScriptCallbacks, _host, denoise_step, reset_forge_objects
+from tests.hosts.forge_env import ScriptCallbacks, _host, denoise_step, euler, reset_forge_objects
 from tests.hosts.test_forge_adapter import start
 
 SIGMA = 0.7
@@ -247,10 +247,7 @@ def test_scale_0_and_the_next_plain_generation_are_bit_identical(neo, family):
         reset_forge_objects(p, pristine)
         host.forge.start_job(p, host.job.start(p, [fields]))
         host.forge.before_sampling(p)
-        x = x0
-        for i, (sigma, following) in enumerate(zip(SIGMAS, SIGMAS[1:])):
-            denoised = denoise_step(host, p, callbacks, x, sigma, cond, uncond, 1.0, step=i, total=len(SIGMAS) - 1)[0]
-            x = x + (x - denoised) / sigma * (following - sigma)
+        x = euler(host, p, callbacks, x0, SIGMAS, cond, uncond, 1.0)
         assert_nothing_left(p)
         host.forge.end_job(p)
         return x
@@ -293,11 +290,8 @@ def count_reuse(host, family, fields, reuse, cond_scale, uncond_tokens):
     callbacks = start(host, p, options=HostOptions(reuse=reuse), **fields)
     family_of = host.forge.families.family_for(p.sd_model.forge_objects.unet.model.diffusion_model)
     counter = BlockCounter([p.sd_model.forge_objects.unet.model.diffusion_model], blocks=family_of.blocks, first_layer=lambda block: block)
-    x = x0
     try:
-        for i, (sigma, following) in enumerate(zip(SIGMAS, SIGMAS[1:])):
-            denoised = denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=i, total=len(SIGMAS) - 1)[0]
-            x = x + (x - denoised) / sigma * (following - sigma)
+        x = euler(host, p, callbacks, x0, SIGMAS, cond, uncond, cond_scale)
     finally:
         counter.close()
     assert_nothing_left(p)

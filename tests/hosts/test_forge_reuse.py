@@ -13,7 +13,7 @@ from asag.layers import resolve_layers, self_attention_modules
 from asag.reuse import WRAPPER_ATTR, blocks_before
 from tests.hosts.block_counter import BlockCounter
 from tests.hosts.control_network import ControlNetwork
-from tests.hosts.forge_env import ScriptCallbacks, denoise_step, forge_host, forge_line_host, inputs, make_p  # noqa: F401
+from tests.hosts.forge_env import ScriptCallbacks, denoise_step, euler, forge_host, forge_line_host, inputs, make_p  # noqa: F401
 
 SPECS = ["middle", "u0-2", "u6-8", "d1,m0", "all"]
 SIGMAS = [6.0, 3.0, 1.5, 0.7, 0.0]  # four Euler steps
@@ -125,9 +125,7 @@ def sample(host, layout, spec=None, reuse=True):
     x, cond, uncond = inputs(batch=batch, uncond_tokens=uncond_tokens)
     counters = BlockCounter([p.sd_model.forge_objects.unet.model.diffusion_model])
     try:
-        for step, (sigma, following) in enumerate(zip(SIGMAS, SIGMAS[1:])):
-            denoised = denoise_step(host, p, callbacks, x, sigma, cond, uncond, cond_scale, step=step, total=len(SIGMAS) - 1)[0]
-            x = x + (x - denoised) / sigma * (following - sigma)
+        x = euler(host, p, callbacks, x, SIGMAS, cond, uncond, cond_scale)
     finally:
         counters.close()
         host.import_module("backend.memory_management").FREE_MEMORY = float("inf")

@@ -2,29 +2,25 @@
 # webui/backend/modules/k_prediction.py:28-36, :58-100, :151-217): PredictionFlux, the rectified
 # flow ("const") predictor of Flux and Chroma, and PredictionDiscreteFlow. Kept faithful: the input is the latent itself, the
 # timestep is sigma, denoised = x - output * sigma, and the sigmas (whose ends are sigma_min and
-# sigma_max) are flux_time_shift(shift, 1, t) at t = 1/10000 ... 1.
+# sigma_max) are flux_time_shift(shift, 1, t) at t = 1/10000 ... 1. The sigma range and the
+# denoised formula are the eps predictor's (the stand-in's Prediction), shared as in Neo,
+# where both derive from AbstractPrediction.
 import math
 
 import torch
+
+from backend.modules.k_model import Prediction
 
 
 def flux_time_shift(mu, sigma, t):
     return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
 
 
-class PredictionFlux(torch.nn.Module):
+class PredictionFlux(Prediction):
     def __init__(self, shift=1.15, timesteps=10000):
-        super().__init__()
+        torch.nn.Module.__init__(self)
         self.shift = shift
         self.register_buffer("sigmas", self.sigma(torch.arange(1, timesteps + 1, 1) / timesteps))
-
-    @property
-    def sigma_min(self):
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self):
-        return self.sigmas[-1]
 
     def timestep(self, sigma):
         return sigma
@@ -34,9 +30,6 @@ class PredictionFlux(torch.nn.Module):
 
     def calculate_input(self, sigma, noise):
         return noise
-
-    def calculate_denoised(self, sigma, model_output, model_input):
-        return model_input - model_output * sigma.view(sigma.shape[:1] + (1,) * (model_output.ndim - 1))
 
 
 def time_snr_shift(alpha, t):

@@ -4,6 +4,7 @@
     python -m asag.bench step      [--device cpu] [--model sd15|sdxl] [--latent N] [--layers "middle;u6-8"] [--steps N] [--negative-chunks 2]
     python -m asag.bench step --model flux|chroma|zimage|lumina|anima|qwen [--latent 128] [--heads N] [--layers "double 7-9, single 7-9;single 20-22"] [--cfg 1]
     python -m asag.bench joint     (what each reading of ASAG on joint text+image attention does to the attention)
+    python -m asag.bench comfy     [--model sd15|sdxl|flux] [--latent N] [--steps N] [--layers "middle"]  (the ComfyUI node against PAG / SLG)
 
 Every table compares implementations measured side by side in one run and prints ratios;
 nothing here asserts a time. Peak memory is the CUDA allocator's peak on a GPU; on the CPU it is
@@ -14,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -62,10 +67,11 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def time_call(fn, device, repeats):
+def time_call(fn, device, repeats, warm_up=True):
     """Median wall time of ``fn`` in seconds, after one warm-up call."""
-    fn()
-    synchronize(device)
+    if warm_up:
+        fn()
+        synchronize(device)
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -101,6 +107,125 @@ def peak_extra_bytes(fn, device):
     base = _proc_status_bytes("VmRSS")
     fn()
     return _proc_status_bytes("VmHWM") - base
+
+
+# The operators' memory against the budget, at a model's real shapes: Flux's joint attention (24 heads
+# of 128 over 512 text tokens and the image's: 4096 at 1024x1024, 16,384 at 2048x2048) and a UNet
+# self-attention (16 heads, 4096 tokens of 64).
+MEMORY_CASES = (
+    *(dict(op="joint", heads=24, n_txt=512, n_img=4096, d=128, dtype=dtype, budget_mib=budget)
+      for dtype in ("float32", "bfloat16") for budget in (16, 256)),
+    *(dict(op="unet", heads=16, n_txt=0, n_img=4096, d=64, dtype=dtype, budget_mib=16) for dtype in ("float32", "bfloat16")),
+)
+LARGE_MEMORY_CASES = tuple(dict(op="joint", heads=24, n_txt=512, n_img=16384, d=128, dtype=dtype, budget_mib=budget)
+                           for dtype in ("float32", "bfloat16") for budget in (16, 256))
+# glibc gives each buffer of this size or more its own mapping, handed back to the system when
+# freed: the resident set then follows what is allocated, not what earlier work left in the heap.
+MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "MALLOC_ARENA_MAX": "2"}
+WARM_UP_HEADS = 4  # as many heads as a chunk of the operators takes at these budgets
+
+
+def memory_case_call(case, device, heads=None):
+    """The call of ``case``'s operator (``joint``, ``unet``: the Sinkhorn operator over the image
+    tokens, ``sdpa``) on seeded ``q, k, v`` of ``(1, heads, n_txt + n_img, d)``; ``token_major``:
+    views of ``(1, tokens, heads, d)`` memory (as Qwen-Image's attention holds them); q and k
+    times ``amplitude``."""
+    heads = case["heads"] if heads is None else heads
+    n, d, budget = case["n_txt"] + case["n_img"], case["d"], case["budget_mib"] * 2**20
+    gen = torch.Generator().manual_seed(0)
+    shape = (1, n, heads, d) if case.get("token_major") else (1, heads, n, d)
+    q, k, v = ((torch.randn(shape, generator=gen) * (case.get("amplitude", 1.0) if i < 2 else 1.0))
+               .to(device=device, dtype=getattr(torch, case["dtype"])) for i in range(3))
+    if case.get("token_major"):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    if case["op"] == "joint":
+        return lambda: joint_adversarial_attention(q, k, v, slice(case["n_txt"], None), iterations=ATTENTION_ITERATIONS,
+                                                   budget_bytes=budget)
+    if case["op"] == "unet":
+        return lambda: adversarial_sinkhorn_attention(q, k, v, iterations=ATTENTION_ITERATIONS, budget_bytes=budget)
+    return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def largest_allocation(fn, device, besides=0):
+    """The largest single block the allocator handed out while ``fn`` ran, other than one block of
+    ``besides`` bytes (its output), from the profiler's record of every allocation, those inside
+    PyTorch's own kernels included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities, profile_memory=True) as prof:
+        fn()
+        synchronize(device)
+    usage = "self_device_memory_usage" if device == "cuda" else "self_cpu_memory_usage"
+    sizes = [getattr(event, usage) for event in prof.events() if not event.cpu_children]
+    if besides in sizes:
+        sizes.remove(besides)
+    return max(sizes, default=0)
+
+
+def measure_memory_case(case, device, repeats=0):
+    """``case`` measured in this process, after a warm-up on a few of its heads (code, thread
+    pools, the BLAS's own buffers for products of the chunks' shapes: what the first call pays
+    once): ``peak``, what one call holds at once besides its output (the CUDA allocator's
+    peak; on the CPU the growth of the resident set's high-water mark, which counts the call's
+    allocations only in a process started with ``MEASURE_ENV``), and ``output``. With ``repeats``,
+    also the largest single allocation besides the output, and the median time of that many calls
+    (the measured one the first) and of plain SDPA on the same q, k, v."""
+    memory_case_call(case, device, heads=min(case["heads"], WARM_UP_HEADS))()
+    synchronize(device)
+    call = memory_case_call(case, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        ctypes.CDLL(None).malloc_trim(0)  # freed heap pages, which the call might reuse, are counted again
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets the high-water mark
+        base = _proc_status_bytes("VmRSS")
+    start = time.perf_counter()
+    out = call()
+    synchronize(device)
+    seconds = [time.perf_counter() - start]
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _proc_status_bytes("VmHWM")) - base
+    output = out.numel() * out.element_size()
+    result = dict(case, peak=peak - output, output=output)
+    del out
+    if repeats:
+        seconds += [time_call(call, device, 1, warm_up=False) for _ in range(repeats - 1)]
+        sdpa_call = memory_case_call(dict(case, op="sdpa"), device)
+        result.update(largest=largest_allocation(call, device, besides=output), seconds=statistics.median(seconds),
+                      sdpa_seconds=time_call(sdpa_call, device, repeats))
+    return result
+
+
+def measure_memory_cases(cases, device, repeats=0):
+    """``measure_memory_case`` of each case in turn, on the CPU in one fresh interpreter started
+    with ``MEASURE_ENV``."""
+    if device == "cuda":
+        return [measure_memory_case(case, device, repeats) for case in cases]
+    child = subprocess.run([sys.executable, "-m", "asag.bench", "memory", "--device", "cpu", "--repeats", str(repeats),
+                            "--cases", json.dumps(list(cases))], env={**os.environ, **MEASURE_ENV},
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True)
+    if child.returncode:
+        raise RuntimeError(f"measuring {cases} failed:\n{child.stderr}")
+    return json.loads(child.stdout.splitlines()[-1])
+
+
+def bench_memory(device, repeats, large=False):
+    cases = MEMORY_CASES + (LARGE_MEMORY_CASES if large else ())
+    print(f"one call's memory against the budget, iterations={ATTENTION_ITERATIONS}, {device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; peak: the {'CUDA allocator' if device == 'cuda' else 'resident set'}'s "
+          f"less the output{'' if device == 'cuda' else ', each case in a fresh process'}; time: median of {repeats}")
+    rows = []
+    for case in cases:  # one process each
+        (r,) = measure_memory_cases([case], device, repeats)
+        budget = r["budget_mib"] * 2**20
+        shape = f"{r['heads']}x{r['n_txt']}+{r['n_img']}x{r['d']}" if r["op"] == "joint" else f"{r['heads']}x{r['n_img']}x{r['d']}"
+        rows.append([r["op"], shape, r["dtype"], r["budget_mib"], f"{r['output'] / 2**20:.1f}", f"{r['peak'] / 2**20:.1f}",
+                     f"{r['peak'] / budget:.2f}", f"{r['largest'] / 2**20:.1f}", f"{r['seconds'] * 1e3:.0f}",
+                     f"{r['sdpa_seconds'] * 1e3:.0f}", f"{r['seconds'] / r['sdpa_seconds']:.1f}"])
+    print(format_table(["operator", "shape (H,N,D)", "dtype", "budget MiB", "output MiB", "peak MiB", "peak/budget",
+                        "largest other MiB", "ms", "sdpa ms", "time/sdpa"], rows))
 
 
 def format_table(header, rows):
@@ -187,12 +312,14 @@ def bench_joint(iterations=ATTENTION_ITERATIONS):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m asag.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["attention", "step", "joint"])
+    parser.add_argument("what", choices=["attention", "step", "joint", "memory", "comfy"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, help="timed runs (default 5; memory: 1)")
     parser.add_argument("--latent", type=int, default=64, help="step: latent side (64 = 512x512)")
-    parser.add_argument("--large", action="store_true", help="attention: the high-resolution shapes, against SDPA")
+    parser.add_argument("--large", action="store_true", help="attention: the high-resolution shapes, against SDPA; "
+                                                             "memory: also Flux at 2048x2048 (minutes on a CPU)")
+    parser.add_argument("--cases", help=argparse.SUPPRESS)  # memory: measure these in this process, print them as JSON
     parser.add_argument("--model", default="sd15", choices=["sd15", "sdxl", "flux", "chroma", "zimage", "lumina", "anima", "qwen"], help="step: the model's shape")
     parser.add_argument("--layers", help="step: comma-separated ASAG layer (or transformer block) lists, separated by ';' "
                                          "(default: middle and an output-side list; transformers: the default blocks and single 20-22)")
@@ -202,10 +329,19 @@ def main(argv=None):
     parser.add_argument("--negative-chunks", type=int, default=1,
                         help="step: also rows with a negative prompt of this many 77-token chunks (pad_cond_uncond on)")
     args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.what == "memory" else 5
     if args.what == "attention":
         bench_attention(args.device, args.dtype, args.repeats, args.large)
     elif args.what == "joint":
         bench_joint()
+    elif args.what == "memory" and args.cases:
+        print(json.dumps([measure_memory_case(case, args.device, args.repeats) for case in json.loads(args.cases)]))
+    elif args.what == "comfy":
+        from .comfybench import bench_comfy
+        bench_comfy(args.repeats, args.model, args.latent, args.steps, tuple(args.layers.split(";")) if args.layers else None, args.heads)
+    elif args.what == "memory":
+        bench_memory(args.device, args.repeats, args.large)
     elif args.model in ("flux", "chroma", "zimage", "lumina", "anima", "qwen"):
         from .ditbench import bench_dit_step
         layers = tuple(args.layers.split(";")) if args.layers else None

@@ -9,6 +9,8 @@ ComfyUI-style patchers (``("input", 7, 0)``).
 
 Spec language (comma separated, case-insensitive):
 
+    auto                   the documented default, ``middle`` (the middle block's self-attention,
+                           where PAG and SEG perturb by default)
     all                    every attn1 layer
     input, middle, output  every layer of that part
     d1, m0, u2             one block, numbered among the part's blocks that have attention
@@ -30,6 +32,12 @@ _MODULE_NAME = re.compile(
     r"^(?:(?P<part>input|output)_blocks\.(?P<block>\d+)|middle_block)\.\d+\.transformer_blocks\.(?P<tf>\d+)\.attn1$"
 )
 _RANGE = r"(\d+)(?:-(\d+))?"
+AUTO = "auto"
+AUTO_LAYERS = "middle"  # the part ``auto`` selects: PAG's and SEG's default block (README, "Which layers")
+# A UNet with every block a spelling can name (SDXL has 9 input and 9 output blocks, up to 10
+# transformer blocks deep): ``check_spec`` reads a spec against it, before any model is loaded.
+_ANY_UNET_BLOCKS = 12
+_ANY_UNET_TRANSFORMERS = 10
 _ITEM = re.compile(rf"^(?P<letter>[dmu])(?:{_RANGE})?(?:\.{_RANGE})?$")
 
 
@@ -147,13 +155,14 @@ def resolve_layers(spec: str, available: Iterable[LayerAddress]) -> list[LayerAd
             continue
         if item == "all":
             chosen = set(available)
-        elif item in PARTS:
-            chosen = {a for a in available if a.part == item}
+        elif item in PARTS or item == AUTO:
+            part = AUTO_LAYERS if item == AUTO else item
+            chosen = {a for a in available if a.part == part}
         else:
             match = _ITEM.match(item)
             if not match:
                 raise ValueError(
-                    f"ASAG parameter 'layers': cannot read {item!r}; use all, input, middle, output, or blocks "
+                    f"ASAG parameter 'layers': cannot read {item!r}; use auto, all, input, middle, output, or blocks "
                     f"like m0, d1, d1.0, u0-2 (comma separated). {describe_available(available)}"
                 )
             part = _PART_LETTER[match["letter"]]
@@ -174,3 +183,17 @@ def resolve_layers(spec: str, available: Iterable[LayerAddress]) -> list[LayerAd
             raise ValueError(f"ASAG parameter 'layers': {item!r} selects no layer; {describe_available(available)}")
         selected |= chosen
     return sorted(selected)
+
+
+def check_spec(spec: str) -> None:
+    """Raises ``ValueError`` where ``spec`` is not a layer list of this language, whatever the
+    model (the spelling, before a model is loaded: a UNet's own blocks are checked when it is)."""
+    any_unet = [LayerAddress(part, block, transformer)
+                for part, blocks in (("input", _ANY_UNET_BLOCKS), ("middle", 1), ("output", _ANY_UNET_BLOCKS))
+                for block in range(blocks) for transformer in range(_ANY_UNET_TRANSFORMERS)]
+    try:
+        resolve_layers(spec, any_unet)
+    except ValueError:
+        # resolve_layers' message lists the stand-in UNet's blocks, which would mislead here.
+        raise ValueError(f"ASAG parameter 'layers': cannot read {spec!r}; use auto, all, input, middle, output, or blocks "
+                         "like m0, d1, d1.0, u0-2 (comma separated)") from None

@@ -106,7 +106,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "negative values give ordinary balanced attention (an ablation).",
               minimum=-5.0, maximum=5.0, step=0.05, infotext_key="ASAG strength", group="Advanced"),
     ParamSpec("layers", "ASAG layers", str, "middle",
-              "Self-attention layers to perturb: all, input, middle, output, or blocks such as m0, d1, d1.0, u0-2 "
+              "Self-attention layers to perturb: auto (the default, middle), all, input, middle, output, or blocks such as m0, d1, d1.0, u0-2 "
               "(d = input, m = middle, u = output; numbered among the blocks that have attention; .N picks a "
               "transformer block), comma separated.",
               infotext_key="ASAG layers", suggestions=("middle", "m0.0-4", "u0-2", "output", "input", "d1.0,m0", "all")),
@@ -146,7 +146,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("dit_layers", "Transformer-model blocks", str, "auto",
               "Blocks to perturb on the transformer models of Forge Neo, where 'ASAG layers' does not apply: auto (the "
               "model's default: double 7-9, single 7-9 on Flux and Chroma; layers 7-9 on Lumina 2 and Z-Image; blocks 7-9 "
-              "on Anima and Qwen-Image), all, a kind (double, single; refiner, layers; blocks), or ranges such as double 7-9, single 20 "
+              "on Anima and Qwen-Image; on a model with fewer blocks, such as Flux.2 Klein, the same relative depth; the "
+              "infotext's ASAG auto blocks names them), all, a kind (double, single; refiner, layers; blocks), or ranges such as double 7-9, single 20 "
               "(the model's own block numbers), comma separated.",
               infotext_key="ASAG DiT blocks", group="Advanced",
               suggestions=("auto", "double 7-9, single 7-9", "single 7-9", "double 7-9", "layers 7-9", "refiner", "blocks 7-9", "all")),

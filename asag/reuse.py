@@ -471,8 +471,10 @@ def _part_matches(a, b, slack: bool):
         return False
     if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype or a.device != b.device:
         return False
-    mine, theirs = a.reshape(a.shape[0], -1)[:, None], b.reshape(b.shape[0], -1)[None]  # rows x values
+    mine, theirs = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)  # rows x values
+    # One row of ``mine`` against every recorded row at a time: what a comparison allocates is the
+    # size of the recording, not rows x recorded x values (batch squared).
     if not slack or not a.is_floating_point():
-        return (mine == theirs).all(dim=2)
-    tolerance = embedding_slack(a.dtype, a.device) * theirs.abs().amax(dim=2)
-    return (mine - theirs).abs().amax(dim=2) <= tolerance
+        return torch.stack([(theirs == row).all(dim=1) for row in mine])
+    tolerance = embedding_slack(a.dtype, a.device) * theirs.abs().amax(dim=1)
+    return torch.stack([(theirs - row).abs().amax(dim=1) <= tolerance for row in mine])

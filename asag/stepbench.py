@@ -76,12 +76,12 @@ def bench_step(device: str, repeats: int, latent: int = 64, unet_params: dict | 
     host.close()
 
 
-def side_by_side(results: dict, repeats: int, steps: int, baseline: str) -> str:
+def side_by_side(results: dict, repeats: int, steps: int, baseline: str, rival: str | None = None) -> str:
     """The table of ``results`` (name -> a run of ``steps`` steps): seconds per step, spread, peak
-    memory and their ratios to ``baseline``'s. The peak-memory run of each configuration is also
-    its warm-up. Then the timed runs, interleaved (one run of each configuration per round, the
-    order rotating from round to round), so drift in machine load and position in the round hit
-    all alike."""
+    memory and their ratios to ``baseline``'s (and the time's to ``rival``'s, if given). The
+    peak-memory run of each configuration is also its warm-up. Then the timed runs, interleaved
+    (one run of each configuration per round, the order rotating from round to round), so drift in
+    machine load and position in the round hit all alike."""
     peaks = {name: peak_extra_bytes(run, "cpu") for name, run in results.items()}
     names = list(results)
     samples = {name: [] for name in names}
@@ -92,7 +92,10 @@ def side_by_side(results: dict, repeats: int, steps: int, baseline: str) -> str:
             samples[name].append((time.perf_counter() - start) / steps)
     times = {name: statistics.median(values) for name, values in samples.items()}
     # spread: (slowest - fastest) / median of one configuration's runs, the noise a ratio sits in.
+    rivals = [rival] if rival else []
     rows = [[name, f"{times[name]:.2f}", f"{(max(samples[name]) - min(samples[name])) / times[name]:.3f}",
-             f"{times[name] / times[baseline]:.3f}", f"{peaks[name] / 2**20:.0f}", f"{peaks[name] / max(peaks[baseline], 1):.3f}"]
+             *(f"{times[name] / times[other]:.3f}" for other in [baseline, *rivals]), f"{peaks[name] / 2**20:.0f}",
+             f"{peaks[name] / max(peaks[baseline], 1):.3f}"]
             for name in names]
-    return format_table(["configuration", "s/step", "spread", f"time / {baseline}", "peak MiB", f"peak / {baseline}"], rows)
+    return format_table(["configuration", "s/step", "spread", *(f"time / {other}" for other in [baseline, *rivals]), "peak MiB",
+                         f"peak / {baseline}"], rows)

@@ -5,12 +5,19 @@ This file only reads the controls, hands them on, and registers callbacks once a
 """
 from modules import script_callbacks, scripts, shared  # "import scripts", not "from ... import Script": see a1111.md 1.1
 
-from asag.hosts import detect, infotext, job, settings, xyz
+from asag.hosts import detect, infotext, job, model_view, settings, xyz
 from asag.log import logger
 
 HOST = detect.detect_host()
 ADAPTER = detect.adapter_for(HOST)
 logger.info("running on %s", detect.host_name(HOST))
+# Forge Neo: the block control in view follows the model selected on the page (asag/hosts/ui.py).
+FOLLOWER = None
+if model_view.follows_model(HOST):
+    from asag.hosts import ui as follower_ui
+
+    FOLLOWER = follower_ui.ModelFollower()
+    script_callbacks.on_after_component(FOLLOWER.capture)
 
 
 class AsagScript(scripts.Script):
@@ -31,7 +38,7 @@ class AsagScript(scripts.Script):
 
         # Defaults from Settings > ASAG, read on every call, so the API's defaults follow them at once.
         defaults = settings.current_defaults(shared.opts)
-        components, self.infotext_fields, self.paste_field_names = ui.build_ui(self, InputAccordion, defaults)
+        components, self.infotext_fields, self.paste_field_names = ui.build_ui(self, InputAccordion, defaults, FOLLOWER)
         return components
 
     def process(self, p, *args):

@@ -36,4 +36,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 
-exec "$VENV/bin/python" -m pytest "$@"
+# Two workers, each given whole files (their models and stand-ins are built once per file) and one
+# torch thread, so that together they use the two cores CI has without oversubscribing them.
+# Pass -n 0 to run in this process.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+exec "$VENV/bin/python" -m pytest -n 2 --dist loadfile "$@"

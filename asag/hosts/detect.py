@@ -29,6 +29,12 @@ def _importable(name: str):
         return None
 
 
+def importable(name: str) -> bool:
+    """Whether the host has the module ``name`` (a feature probe for the adapters, here so that
+    every probe of the host's modules stays in this module)."""
+    return _importable(name) is not None
+
+
 def detect_host() -> str:
     """``forge``, ``forge-legacy``, ``reforge`` or ``a1111``."""
     if _importable("modules_forge") is None:

@@ -29,20 +29,17 @@ import contextlib
 import importlib
 import time
 
-from .. import guidance, layers, sinkhorn
+from .. import guidance, layers
 from ..diagnostics import Diagnostics, Stopwatch, synchronize
 from ..log import logger
 from ..reuse import BlockReuse, HostBlocks, remove_leftovers
 from . import detect, families, forge_dit, job
+from .patcher_protocol import cond_rows, context_as_recorded, sinkhorn_attn1, unet_host_blocks
 from .settings import HostOptions
 
 STATE_ATTR = "_asag_state"
 OWNED_ATTR = "_asag_owned"  # marks ASAG's functions in model_options lists, so a re-patch replaces them
 OWNED_LISTS = ("sampler_pre_cfg_function", "sampler_post_cfg_function")
-# transformer_options entries that run code inside block calls (Forge's backend/nn/unet.py and
-# ldm_patched's openaimodel.py / attention.py): a replayed block would skip it.
-IN_BLOCK_OPTIONS = ("block_inner_modifiers", "group_norm_wrapper")
-IN_BLOCK_PATCHES = ("attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output_patch", "middle_patch")
 # The UNet module of each backend: its SpatialTransformer class, and for ldm_patched the function
 # that calls the blocks.
 UNET_MODULES = {detect.FORGE: "backend.nn.unet"}
@@ -103,47 +100,10 @@ def remember_step(params) -> None:
         state.step_started = time.perf_counter()
 
 
-def _transformer_options(args: tuple, kwargs: dict) -> dict:
-    """The ``transformer_options`` of a block call ``(h, emb, context, transformer_options, ...)``."""
-    return (args[3] if len(args) > 3 else kwargs.get("transformer_options")) or {}
-
-
-def cond_rows(rows: int, args: tuple, kwargs: dict) -> list[int]:
-    """The cond rows of one UNet call of Forge's batch helper: ``cond_or_uncond`` holds one entry
-    per chunk of equal size (0 = cond), in the order the chunks were batched."""
-    options = _transformer_options(args, kwargs)
-    kinds = options.get("cond_or_uncond") or []
-    if not kinds or rows % len(kinds):
-        return []
-    size = rows // len(kinds)
-    return [chunk * size + row for chunk, kind in enumerate(kinds) if kind == 0 for row in range(size)]
-
-
 def host_blocks(host: str) -> HostBlocks:
     """What a block call does on this backend besides computing (see asag/reuse.py)."""
     unet_module = importlib.import_module(UNET_MODULES.get(host, LDM_PATCHED_UNET))
-    transformers = tuple(getattr(unet_module, name) for name in ("SpatialTransformer", "SpatialVideoTransformer")
-                         if hasattr(unet_module, name))
-
-    def skipped(block, args, kwargs):
-        options = _transformer_options(args, kwargs)
-        if "transformer_index" in options:  # counted per transformer layer inside the block call
-            options["transformer_index"] += sum(isinstance(layer, transformers) for layer in block)
-
-    def unreplayable(args, kwargs, replayed):
-        options = _transformer_options(args, kwargs)
-        inside = [name for name in IN_BLOCK_OPTIONS if options.get(name)]
-        inside += [name for name in IN_BLOCK_PATCHES if (options.get("patches") or {}).get(name)]
-        if inside:
-            return f"{inside[0]} runs inside the blocks"
-        for name, table in (options.get("patches_replace") or {}).items():
-            for key in table:
-                if isinstance(key, tuple) and tuple(key[:2]) in set(replayed):
-                    return f"a {name} replacement is set on {key[0]} block {key[1]}"
-        return None
-
-    function = None if host == detect.FORGE else (unet_module, "forward_timestep_embed")
-    return HostBlocks(block_function=function, unreplayable=unreplayable, skipped=skipped)
+    return unet_host_blocks(unet_module, through_function=host != detect.FORGE)
 
 
 def start_job(p, params, options: HostOptions = HostOptions()) -> None:
@@ -199,6 +159,7 @@ def before_sampling(p) -> None:
         else:
             family.check_host()
             selected = family.resolve(params.dit_layers, diffusion_model)
+            job.note_auto_blocks(p, params, family, family.kinds(diffusion_model))
             perturbation = forge_dit.DitPerturbation(family, diffusion_model, selected, params, budget)
             state.acts = lambda latent: True  # image tokens attend over many: never the identity
     except ValueError as err:
@@ -299,7 +260,7 @@ def _post_cfg_function(p, params, state: ForgeJob, perturbation, cond_prediction
         try:
             if state.reuse is not None:
                 state.reuse.replay()
-                conds = [_context_as_recorded(cond, state.reuse) for cond in conds]
+                conds = [context_as_recorded(cond, state.reuse) for cond in conds]
             with watch, perturbation.perturbed(args["model_options"], observe) as options:
                 perturbed = cond_prediction(model, conds, args["input"], sigma, options)
         finally:
@@ -315,19 +276,6 @@ def _post_cfg_function(p, params, state: ForgeJob, perturbation, cond_prediction
     return asag_post_cfg
 
 
-def _context_as_recorded(cond: dict, reuse: BlockReuse) -> dict:
-    """``cond`` with its text context as the main pass ran it: repeated to the length of the
-    prompts it was batched with (backend/sampling/condition.py ``ConditionCrossAttn.concat``)."""
-    model_conds = cond.get("model_conds") or {}
-    crossattn = model_conds.get("c_crossattn")
-    if crossattn is None:
-        return cond
-    context = reuse.repeated_as_recorded(crossattn.cond)
-    if context is crossattn.cond:
-        return cond
-    return {**cond, "model_conds": {**model_conds, "c_crossattn": type(crossattn)(context)}}
-
-
 def _progress(params, state: ForgeJob, model, sigma) -> float:
     if params.progress_by == "steps" and state.step is not None:
         # the CFG denoiser's own counters where it has them, as the A1111 adapter reads them
@@ -338,21 +286,6 @@ def _progress(params, state: ForgeJob, model, sigma) -> float:
     # by sigma, or no step counter seen (a caller that bypasses the CFG denoiser): the noise level
     sampling = model.predictor if hasattr(model, "predictor") else model.model_sampling  # new Forge; old Forge, reForge
     return guidance.progress_from_sigma(float(sigma.max()), float(sampling.sigma_min), float(sampling.sigma_max))
-
-
-def sinkhorn_attn1(params, observe=None, budget_bytes: int = sinkhorn.MEMORY_BUDGET_BYTES):
-    """The ``attn1`` replacement: q, k, v already projected, ``(B, N, heads * dim_head)``; k and v
-    may have more tokens than q. Forge applies ``to_out`` to the result (and its attention's scale
-    is ``dim_head ** -0.5``, the operator's default). ``observe(q, k, heads, scale)`` sees the
-    projections (diagnostics)."""
-    def asag_sinkhorn_attn1(q, k, v, extra_options):
-        heads = extra_options["n_heads"]
-        if observe is not None:
-            observe(q, k, heads, (q.shape[-1] // heads) ** -0.5)
-        return sinkhorn.adversarial_sinkhorn_attention_heads(
-            q, k, v, heads, iterations=params.iterations, strength=params.strength, budget_bytes=budget_bytes
-        )
-    return asag_sinkhorn_attn1
 
 
 def with_attn1_replacement(model_options: dict, patch, keys) -> dict:

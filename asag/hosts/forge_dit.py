@@ -36,20 +36,25 @@ from ..reuse import WRAPPER_ATTR, HostBlocks
 NOT_KEYED = ("x", "timestep", "context", "control", "transformer_options")
 
 
-def host_blocks(family) -> HostBlocks:
-    """How Neo calls a transformer's blocks (asag/reuse.py): the model call holds the key."""
+def host_blocks(family, numbers_keyed: bool = False) -> HostBlocks:
+    """How Neo (and ComfyUI, whose model calls have the same form) calls a transformer's blocks
+    (asag/reuse.py): the model call holds the key. ``numbers_keyed``: a number among the call's
+    arguments (ComfyUI's Lumina 2 ``num_tokens``) is part of the key, as a value per row."""
     def model_key(args: tuple, kwargs: dict) -> list:
         x, timestep, context = (*args, None, None, None)[:3]
         x = kwargs.get("x", x)
         timestep, context = kwargs.get("timestep", timestep), kwargs.get("context", context)
         rows = x.shape[0]
         extra = [kwargs[name] for name in sorted(kwargs) if name not in NOT_KEYED and _row_tensor(kwargs[name], rows)]
+        if numbers_keyed:
+            extra += [torch.full((rows,), float(kwargs[name]), device=x.device) for name in sorted(kwargs)
+                      if name not in NOT_KEYED and _number(kwargs[name])]
         return [x, timestep, context, *extra]
 
     def unreplayable(args: tuple, kwargs: dict, replayed: list) -> str | None:
         rows = (args[0] if args else kwargs["x"]).shape[0]
         for name, value in kwargs.items():
-            if name not in NOT_KEYED and value is not None and not _row_tensor(value, rows):
+            if name not in NOT_KEYED and value is not None and not _row_tensor(value, rows) and not (numbers_keyed and _number(value)):
                 return f"the model call's {name} cannot be compared row by row"
         options = kwargs.get("transformer_options") or {}
         table = (options.get("patches_replace") or {}).get("dit") or {}
@@ -70,19 +75,26 @@ def host_blocks(family) -> HostBlocks:
 
 
 def _own_input(args: tuple, kwargs: dict):
-    """A block's input as its output, in the forms Neo calls blocks: Flux's double blocks as
-    ``block(img=..., txt=..., ...)`` (returning ``(img, txt)``), Qwen-Image's as
-    ``block(hidden_states=img, encoder_hidden_states=txt, ...)`` (returning ``(txt, img)``), the
-    others as ``block(x, ...)``."""
+    """A block's input as its output, in the forms Neo and ComfyUI call blocks: Flux's double
+    blocks as ``block(img=..., txt=..., ...)`` (returning ``(img, txt)``), Qwen-Image's as
+    ``block(hidden_states=img, encoder_hidden_states=txt, ...)`` (returning ``(txt, img)``), SD3's
+    as ``block(context, x, c=...)`` (ComfyUI's MMDiT, returning ``(context, x)``), the others as
+    ``block(x, ...)``."""
     if "txt" in kwargs:
         return kwargs["img"], kwargs["txt"]
     if "encoder_hidden_states" in kwargs:
         return kwargs["encoder_hidden_states"], kwargs["hidden_states"]
+    if "c" in kwargs and len(args) == 2:
+        return args[0], args[1]
     return args[0] if args else kwargs["img"]
 
 
 def _row_tensor(value, rows: int) -> bool:
     return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class DitPerturbation:
@@ -97,14 +109,14 @@ class DitPerturbation:
 
     @contextlib.contextmanager
     def perturbed(self, model_options: dict, observe=None):
-        module = importlib.import_module(self.family.attention_module)
+        module = importlib.import_module(self.family.neo.attention_module)
         original = module.attention_function
         text_tokens = []  # the context length of each model call of the pass, the latest last
         running = []  # the selected block running now, where the model does not name its blocks
         ours = self._attention_function(original, text_tokens, running, observe)
         module.attention_function = ours
         forwards = [(self.model, _wrap_forward(self.model, lambda args, kwargs: text_tokens.append(_context(args, kwargs).shape[1])))]
-        if not self.family.names_blocks:  # mark each selected block (or its self-attention) running
+        if not self.family.neo.names_blocks:  # mark each selected block (or its self-attention) running
             part = self.family.attention_part
             for address, block in self.family.blocks(self.model):
                 if address in self.selected:
@@ -123,7 +135,7 @@ class DitPerturbation:
         params, family, selected = self.params, self.family, self.selected
 
         def asag_attention_function(q, k, v, heads, *args, **kwargs):
-            if family.names_blocks:
+            if family.neo.names_blocks:
                 options = kwargs.get("transformer_options") or {}
                 block = (options.get("block_type"), options.get("block_index"))
             else:

@@ -8,7 +8,11 @@ from ..params import ENABLED_MARKER_KEY, NOTE_KEY, PARAM_BY_INFOTEXT_KEY, PARAMS
 # what "Send to img2img" copies.
 PASTE_ENABLED_KEY = "ASAG enabled"
 
-ALL_KEYS = (*PARAM_BY_INFOTEXT_KEY, NOTE_KEY)
+# The blocks ``auto`` chose on the transformer model of the generation (the setting itself stays
+# ``auto``, so a paste chooses again for the model loaded then). Not read back.
+AUTO_BLOCKS_KEY = "ASAG auto blocks"
+
+ALL_KEYS = (*PARAM_BY_INFOTEXT_KEY, NOTE_KEY, AUTO_BLOCKS_KEY)
 
 
 def write(extra_generation_params: dict, params: AsagParams | None, note: str | None = None) -> None:

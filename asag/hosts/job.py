@@ -3,6 +3,7 @@ X/Y/Z overrides), choosing the settings of each sampling pass, and reporting why
 apply or cannot act. Nothing here changes a model."""
 from __future__ import annotations
 
+from ..dit_layers import describe_blocks, is_auto
 from ..layers import single_token_only
 from ..log import logger
 from ..params import NOTE_KEY, PARAMS, AsagParams
@@ -51,6 +52,20 @@ def not_applied(p, reason: str) -> None:
     logger.warning("not applied: %s", reason)
     # Only the note: the settings' keys would make a paste turn ASAG on for a model it cannot apply to.
     infotext.write(p.extra_generation_params, None, note=f"not applied: {reason}")
+
+
+def note_auto_blocks(p, params: AsagParams, family, kinds) -> None:
+    """Where the transformer blocks are ``auto``: the blocks it chose for this model (``kinds``,
+    its block counts), in the infotext, and in the console where they are not the family's default
+    as stated (a model shallower than the one the default is stated for)."""
+    if not is_auto(params.dit_layers):
+        return
+    chosen = family.auto_spec(kinds)
+    p.extra_generation_params[infotext.AUTO_BLOCKS_KEY] = chosen
+    if chosen != family.default_blocks:
+        reference = ", ".join(f"{count} {kind}" for kind, count in family.reference_depths.items())
+        logger.info("auto chose %s on this %s model (%s; its default %s is stated for %s blocks)", chosen, family.name,
+                    describe_blocks(kinds), family.default_blocks, reference)
 
 
 def acts_at(p, params: AsagParams, diffusion_model, selected, latent) -> bool:

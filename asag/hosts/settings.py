@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..log import logger
+from ..layers import check_spec
 from ..params import PARAM_BY_NAME, AsagParams
 from ..memory import MEMORY_BUDGET_MIB
 
@@ -64,7 +65,7 @@ HOST_OPTIONS: tuple[HostOption, ...] = (
                "from the main to the extra pass (SD1.5 512x512 13-25 MiB, SDXL 1024x1024 49-66 MiB in float16); "
                "turn off on a GPU that short of memory, or to compare", True),
     HostOption("attention_budget_mib", "asag_attention_budget_mib", "Memory budget of the Sinkhorn attention (MiB)",
-               "the most memory one perturbed layer's Sinkhorn plan may take besides its output (every temporary "
+               "the most memory one perturbed attention call may hold besides its output (every temporary "
                "counted); beyond it the plan is computed in streamed tiles, a little slower; lower it on a small GPU", MEMORY_BUDGET_MIB, minimum=16, maximum=8192, step=16),
     HostOption("diagnostics", "asag_diagnostics", "Log ASAG diagnostics to the console",
                "per generation: the guidance's size, the adversarial plans' row entropy and column-marginal error, "
@@ -87,11 +88,6 @@ class HostOptions:
     def attention_budget_bytes(self) -> int:
         return self.attention_budget_mib * 2**20
 
-# Wide enough for every UNet the WebUI loads, so that resolving against it checks only the spelling
-# of a layer list; whether the loaded model has those blocks is checked at generation time.
-_ANY_UNET_BLOCKS = 12
-_ANY_UNET_TRANSFORMERS = 10
-
 
 def option_infos(shared, gr) -> dict:
     """Option key -> ``shared.OptionInfo`` for every ASAG setting, in display order."""
@@ -100,8 +96,8 @@ def option_infos(shared, gr) -> dict:
     infos = {}
     for name, key in DEFAULT_KEYS.items():
         spec = PARAM_BY_NAME[name]
-        component, args = control_for(spec, gr)
-        info = shared.OptionInfo(spec.default, f"Default {spec.label}", component, args, section=SECTION)
+        make, args = control_for(spec, gr)  # args only what a Settings refresh may send back (see control_for)
+        info = shared.OptionInfo(spec.default, f"Default {spec.label}", make, args, section=SECTION)
         infos[key] = _annotate(info, spec.help)
     for option in HOST_OPTIONS:
         if isinstance(option.default, bool):
@@ -146,7 +142,7 @@ def current_defaults(opts) -> AsagParams:
         try:
             value = spec.coerce(raw)
             if name == "layers":
-                _check_layer_list(value)
+                check_spec(value)  # the spelling: the loaded model's own blocks are checked at generation time
         except ValueError as err:
             logger.warning("Settings > ASAG > %s: %s; using %r instead", f"Default {spec.label}", err, spec.default)
             continue
@@ -157,22 +153,3 @@ def current_defaults(opts) -> AsagParams:
 def host_options(opts) -> HostOptions:
     """The host-side options, each from Settings where set and valid."""
     return HostOptions(**{option.name: option.read(opts) for option in HOST_OPTIONS})
-
-
-def _check_layer_list(spec: str) -> None:
-    from ..layers import LayerAddress, resolve_layers
-
-    any_unet = [
-        LayerAddress(part, block, transformer)
-        for part, blocks in (("input", _ANY_UNET_BLOCKS), ("middle", 1), ("output", _ANY_UNET_BLOCKS))
-        for block in range(blocks)
-        for transformer in range(_ANY_UNET_TRANSFORMERS)
-    ]
-    try:
-        resolve_layers(spec, any_unet)
-    except ValueError:
-        # resolve_layers' message lists the stand-in UNet's blocks, which would mislead here.
-        raise ValueError(
-            f"ASAG parameter 'layers': cannot read {spec!r}; use all, input, middle, output, or blocks "
-            "like m0, d1, d1.0, u0-2 (comma separated)"
-        ) from None

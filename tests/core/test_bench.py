@@ -28,3 +28,20 @@ def test_large_attention_benchmark_compares_with_sdpa_only(monkeypatch, capsys):
     (row,) = table_rows(out)
     asag_ms, sdpa_ms, asag_mib, sdpa_mib, vs_sdpa = map(float, row[1:])
     assert row[0] == "2x512x8" and min(asag_ms, sdpa_ms, vs_sdpa) > 0
+
+
+def test_memory_benchmark_prints_the_peak_against_the_budget(monkeypatch, capsys):
+    """Each case in a fresh process: the peak less the output, its ratio to the budget, the largest
+    allocation and the time against SDPA on the same q, k, v."""
+    monkeypatch.setattr(bench, "MEMORY_CASES", (
+        dict(op="joint", heads=2, n_txt=64, n_img=1024, d=32, dtype="float32", budget_mib=1),
+        dict(op="unet", heads=2, n_txt=0, n_img=1024, d=32, dtype="bfloat16", budget_mib=1),
+    ))
+    bench.main(["memory", "--device", "cpu"])
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[:4] for row in rows] == [["joint", "2x64+1024x32", "float32", "1"], ["unet", "2x1024x32", "bfloat16", "1"]]
+    for row in rows:
+        output_mib, peak_mib, ratio, largest_mib, ms, sdpa_ms, vs_sdpa = map(float, row[4:])
+        assert peak_mib > 0 and abs(ratio - peak_mib) < 0.06  # a 1 MiB budget: the ratio is the peak in MiB
+        # the joint output is 2 x 1088 x 32 floats (0.27 MiB): one 1088 x 1088 matrix of a head would be 4.5 MiB
+        assert 0 < largest_mib < 4 and min(ms, sdpa_ms, vs_sdpa) > 0

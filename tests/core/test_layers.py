@@ -1,7 +1,7 @@
 """Layer selection against real ldm UNets (module names are the same in sgm for SDXL)."""
 import pytest
 
-from asag.layers import LayerAddress, address_of, describe_available, resolve_layers, self_attention_modules
+from asag.layers import LayerAddress, address_of, check_spec, describe_available, resolve_layers, self_attention_modules
 from tests.models import tiny_unet
 
 
@@ -42,6 +42,25 @@ def test_addresses_are_structural():
 def test_middle_is_the_default_and_resolves_to_the_middle_block(sd1):
     assert resolve_layers("middle", sd1) == [LayerAddress("middle", 0, 0)]
     assert resolve_layers("m0", sd1) == resolve_layers("middle", sd1)
+
+
+def test_auto_is_the_documented_default_middle(sd1, sdxl):
+    assert resolve_layers("auto", sd1) == resolve_layers("middle", sd1)
+    assert resolve_layers(" AUTO , u0", sdxl) == resolve_layers("middle, u0", sdxl)
+    with pytest.raises(ValueError, match="'auto' selects no layer"):  # SSD-1B: no middle attention
+        resolve_layers("auto", [LayerAddress("input", 4, 0)])
+
+
+@pytest.mark.parametrize("spec", ["auto", "middle", "all, u0-2.1-3", "d1.0, m0", "output", "d11, u11.9"])
+def test_a_spelling_is_checked_without_a_model(spec):
+    check_spec(spec)  # any UNet's blocks: SDXL's deepest stacks included
+
+
+@pytest.mark.parametrize("spec", ["midle", "x1", "", "d2-1", "u0.3-1", "d12"])
+def test_a_misspelling_is_an_error_naming_the_field_without_listing_a_model(spec):
+    with pytest.raises(ValueError, match=r"ASAG parameter 'layers': cannot read .*; use auto, all, input, middle, output") as err:
+        check_spec(spec)
+    assert "this model has" not in str(err.value)
 
 
 def test_block_ordinals_count_blocks_with_attention(sd1, sdxl):

@@ -314,6 +314,56 @@ def test_one_device_read_per_unet_call(unet, monkeypatch):
     assert reads == ["match"]
 
 
+def test_the_match_allocates_no_more_than_the_recording_whatever_the_batch(unet, monkeypatch):
+    """A call of the extra pass is matched against the recorded rows one of its rows at a time: the
+    largest tensor the match allocates is no larger than the recorded latent, so it grows with the
+    batch, not with its square (a rows x recorded x values comparison is 16x larger at batch 8 than
+    at batch 2; T5's 512 x 4096 context at batch 8 made it 134 MB)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    import asag.reuse as reuse_module
+
+    class Largest(TorchDispatchMode):
+        """The size of the largest tensor any operation allocates inside it (views not counted)."""
+
+        nbytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            sizes = [t.untyped_storage().nbytes() for t in tree_leaves(out)
+                     if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given]
+            self.nbytes = max([self.nbytes, *sizes])
+            return out
+
+    matches = reuse_module._matches
+
+    def largest_match(rows):
+        largest = Largest()
+
+        def measured(*args):
+            with largest:
+                return matches(*args)
+
+        monkeypatch.setattr(reuse_module, "_matches", measured)
+        x, t, context = inputs(rows=rows)
+        reuse = BlockReuse(unet, layers(unet, "middle"))
+        with torch.no_grad():
+            reuse.record(every_row)
+            unet(x, t, context=context)
+            reuse.replay()
+            unet(x, t, context=context)
+            assert reuse.stop() == len(reuse.blocks)  # every row matched
+        return largest.nbytes, x.numel() * x.element_size()
+
+    (small, _), (large, recorded_latent) = largest_match(2), largest_match(8)
+    print(f"largest tensor of one match: batch 2 {small} bytes, batch 8 {large} bytes (x{large / small:g}); "
+          f"the recorded latent at batch 8: {recorded_latent} bytes")
+    assert 0 < large <= recorded_latent
+    assert large <= 4 * small  # linear in the batch (8 / 2)
+
+
 def test_a_context_repeated_in_the_main_pass_is_given_back_repeated(unet):
     # Forge batches a 1-chunk prompt with a 2-chunk negative prompt by repeating the prompt's
     # context to 2 chunks (the same attention): the extra pass gets it as the main pass ran it.

@@ -13,7 +13,8 @@ import torch
 
 # Shapes of the real models, scaled down: Flux.1 dev has hidden 3072 (24 heads of 128, rope axes
 # 16/56/56), 19 double and 38 single blocks, 16 latent channels in 2x2 patches, T5 context 4096,
-# CLIP-L vector 768. Ten blocks of each kind keep the default selection (7-9 of each) meaningful.
+# CLIP-L vector 768. Ten blocks of each kind: shallower than the real models, so ``auto`` fits the
+# default to them (asag/hosts/families/base.py ``auto_spec``); ``with_depth`` gives real depths.
 CONTEXT_DIM, VECTOR_DIM, LATENT_CHANNELS = 40, 32, 16
 FLUX = dict(in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, vec_in_dim=VECTOR_DIM, context_in_dim=CONTEXT_DIM,
             hidden_size=48, mlp_ratio=4.0, num_heads=3, depth=10, depth_single_blocks=10, axes_dim=[4, 6, 6], theta=10000,
@@ -43,6 +44,18 @@ QWEN = dict(patch_size=2, in_channels=LATENT_CHANNELS * 4, out_channels=LATENT_C
 SHIFTS = {"lumina": 6.0, "zimage": 3.0, "anima": 3.0, "qwen": 1.15}
 TENSOR_CONTEXT = ("lumina", "zimage", "anima", "qwen")  # conditioning as the text encoder's hidden states, no dict
 FRAME_AXIS = ("anima", "qwen")  # Neo's engines with Wan-style 5-D latents (is_wan)
+
+
+# The config entries that set a model's block counts, one per block list in execution order
+# (NextDiT: refiners of each kind, then layers).
+DEPTH_ENTRIES = {"flux": ("depth", "depth_single_blocks"), "chroma": ("depth", "depth_single_blocks"), "lumina": ("n_refiner_layers", "n_layers"),
+                 "zimage": ("n_refiner_layers", "n_layers"), "anima": ("num_blocks",), "qwen": ("num_layers",)}
+CONFIGS = {"flux": FLUX, "chroma": CHROMA, "lumina": LUMINA, "zimage": ZIMAGE, "anima": ANIMA, "qwen": QWEN}
+
+
+def with_depth(family: str, counts: tuple[int, ...]) -> dict:
+    """The test config of ``family`` (its small width) with ``counts`` blocks per list."""
+    return dict(CONFIGS[family], **dict(zip(DEPTH_ENTRIES[family], counts, strict=True)))
 
 
 class DictWithShape(dict):

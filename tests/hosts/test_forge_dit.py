@@ -6,20 +6,24 @@ at CFG 1 (the distilled models) and above: the guided result by hand, scale 0 an
 image bit-identical, the host's attention function and the model's forwards back after every
 pass (also one that fails), the joint-attention reading at the host's call (text rows the
 model's, the text length the context's), reuse of the main pass equal to none with exactly the
-reused blocks skipped, block addressing and its errors, and the not-applied note for models ASAG
-has no family for."""
+reused blocks skipped, block addressing and its errors, ``auto`` at the real models' depths and at
+1 and 2 blocks per list, and the not-applied note for models ASAG has no family for."""
 import importlib
+import itertools
 
 import pytest
 import torch
 from einops import rearrange
 
+from asag.dit_layers import block_runs, resolve_blocks
+from asag.hosts.families import FAMILIES as DIT_FAMILIES
+from asag.hosts.infotext import AUTO_BLOCKS_KEY
 from asag.hosts.settings import HostOptions
-from asag.params import NOTE_KEY
+from asag.params import NOTE_KEY, AsagParams
 from asag.reuse import WRAPPER_ATTR
 from tests.core.reference import reference_plan
 from tests.hosts.block_counter import BlockCounter
-from tests.hosts.forge_dit_env import FLUX, NEXTDIT, ZIMAGE, dit_inputs, dit_model, dit_p
+from tests.hosts.forge_dit_env import FLUX, NEXTDIT, ZIMAGE, dit_inputs, dit_model, dit_p, with_depth
 from tests.hosts.forge_env import ScriptCallbacks, _host, denoise_step, euler, reset_forge_objects
 from tests.hosts.test_forge_adapter import start
 
@@ -284,9 +288,10 @@ def test_the_host_call_gives_the_operator_the_text_as_the_main_pass_ran_it(neo, 
         torch.testing.assert_close(out[:, :, :24], text_rows, rtol=1e-5, atol=1e-6)
 
 
-def count_reuse(host, family, fields, reuse, cond_scale, uncond_tokens):
+def count_reuse(host, family, fields, reuse, cond_scale, uncond_tokens, config=None):
+    """Three Euler steps of a fresh generation; returns (latent, block computations, reuse's reason, p)."""
     x0, cond, uncond = dit_inputs(family, uncond_tokens=uncond_tokens)
-    p = dit_p(host, family)
+    p = dit_p(host, family, config=config)
     callbacks = start(host, p, options=HostOptions(reuse=reuse), **fields)
     family_of = host.forge.families.family_for(p.sd_model.forge_objects.unet.model.diffusion_model)
     counter = BlockCounter([p.sd_model.forge_objects.unet.model.diffusion_model], blocks=family_of.blocks, first_layer=lambda block: block)
@@ -295,9 +300,12 @@ def count_reuse(host, family, fields, reuse, cond_scale, uncond_tokens):
     finally:
         counter.close()
     assert_nothing_left(p)
-    reason = getattr(p, host.forge.STATE_ATTR).reuse.reason if reuse else None
+    reason = None
+    if reuse:  # why the extra pass ran in full, or why ASAG did not apply at all
+        recorder = getattr(p, host.forge.STATE_ATTR).reuse
+        reason = recorder.reason if recorder else p.extra_generation_params.get(NOTE_KEY, "not applied")
     host.forge.end_job(p)
-    return x, counter.block_computations, reason
+    return x, counter.block_computations, reason, p
 
 
 @pytest.mark.parametrize("family, blocks, reused, cond_scale, uncond_tokens", [
@@ -311,8 +319,8 @@ def count_reuse(host, family, fields, reuse, cond_scale, uncond_tokens):
 ])
 def test_reuse_gives_the_same_image_with_exactly_the_blocks_before_the_first_perturbed_skipped(neo, family, blocks, reused, cond_scale, uncond_tokens):
     fields = dict(scale=2.0, dit_layers=blocks)
-    on, computed_on, reason = count_reuse(neo, family, fields, True, cond_scale, uncond_tokens)
-    off, computed_off, _ = count_reuse(neo, family, fields, False, cond_scale, uncond_tokens)
+    on, computed_on, reason, _ = count_reuse(neo, family, fields, True, cond_scale, uncond_tokens)
+    off, computed_off, _, _ = count_reuse(neo, family, fields, False, cond_scale, uncond_tokens)
     assert reason is None
     assert computed_off - computed_on == reused * (len(SIGMAS) - 1)
     torch.testing.assert_close(on, off, rtol=0, atol=1e-5 * off.abs().max().item())
@@ -412,7 +420,7 @@ def test_diagnostics_on_flux_see_the_image_plan_and_the_reused_blocks(neo, caplo
     line = next(line for line in caplog.text.splitlines() if "diagnostics on " in line)
     assert "diagnostics on Forge Neo (backend): 1 extra passes" in line and "NaN values 0" in line
     assert 0.0 < float(line.split("plan row entropy ")[1].split()[0]) <= 1.0
-    assert "1 of 1 extra passes took 7 of the model's 20 blocks from the main pass" in line
+    assert "1 of 1 extra passes took 3 of the model's 20 blocks from the main pass" in line  # auto: double 3-4, single 2
 
 
 def test_a_nextdits_text_only_refiner_cannot_be_selected(neo):
@@ -473,3 +481,98 @@ def test_anima_blocks_are_named_as_the_model_has_them(neo):
     assert p.extra_generation_params[NOTE_KEY] == ("not applied: ASAG parameter 'dit_layers': 'blocks 10' asks for a block this model "
                                                    "lacks; this model has blocks 0-9")
     assert torch.equal(denoised, step(neo, "anima", 1.0)[1][0])
+
+
+# ---- auto: the family's default fitted to the loaded model's depth ----------------------------
+# (family, blocks per list, what auto chooses, blocks before the first chosen one). The real depths
+# (Flux.2 Klein's on the Flux.1 blocks of the stand-in: auto reads the depths alone), then 1 and 2
+# blocks per list, where before auto was refused.
+AUTO_AT_DEPTH = [
+    ("flux", (19, 38), "double 7-9, single 7-9", 7),  # Flux.1 dev / schnell
+    ("chroma", (19, 38), "double 7-9, single 7-9", 7),
+    ("flux", (5, 20), "double 2, single 3-4", 2),  # Flux.2 Klein 4B
+    ("flux", (8, 24), "double 3, single 4-5", 3),  # Flux.2 Klein 9B
+    ("lumina", (2, 26), "layers 7-9", 2 + 2 + 7),  # Lumina 2: the caption's and the image's refiners come first
+    ("zimage", (2, 30), "layers 7-9", 2 + 2 + 7),
+    ("anima", (28,), "blocks 7-9", 7),
+    ("qwen", (60,), "blocks 7-9", 7),
+    ("flux", (1, 1), "double 0, single 0", 0),
+    ("flux", (2, 2), "double 0, single 0", 0),
+    ("chroma", (1, 1), "double 0, single 0", 0),
+    ("chroma", (2, 2), "double 0, single 0", 0),
+    ("lumina", (1, 1), "layers 0", 1 + 1),
+    ("lumina", (2, 2), "layers 0", 2 + 2),
+    ("zimage", (1, 1), "layers 0", 1 + 1),
+    ("zimage", (2, 2), "layers 0", 2 + 2),
+    ("anima", (1,), "blocks 0", 0),
+    ("anima", (2,), "blocks 0", 0),
+    ("qwen", (1,), "blocks 0", 0),
+    ("qwen", (2,), "blocks 0", 0),
+]
+
+
+@pytest.mark.parametrize("family, depths, chosen, before", AUTO_AT_DEPTH, ids=[f"{case[0]}-{'-'.join(map(str, case[1]))}" for case in AUTO_AT_DEPTH])
+def test_auto_guides_at_every_depth_with_the_blocks_it_names(neo, caplog, family, depths, chosen, before):
+    """auto on a model of these depths: guided (no note), the chosen blocks in the infotext (the
+    setting still auto, for a paste), the image that naming those blocks gives, with exactly the
+    blocks before the first of them taken from the main pass; said in the console where they are
+    not the family's default as stated."""
+    caplog.set_level("INFO", logger="asag")
+    config = with_depth(family, depths)
+    auto, computed_auto, reason, p = count_reuse(neo, family, {"scale": 2.0}, True, 1.0, 8, config)
+    named, computed_named, _, _ = count_reuse(neo, family, {"scale": 2.0, "dit_layers": chosen}, False, 1.0, 8, config)
+    plain, _, _, _ = count_reuse(neo, family, {"enabled": False}, False, 1.0, 8, config)
+    assert NOTE_KEY not in p.extra_generation_params and reason is None
+    assert p.extra_generation_params[AUTO_BLOCKS_KEY] == chosen
+    assert AsagParams.from_infotext({key: str(value) for key, value in p.extra_generation_params.items()}).dit_layers == "auto"
+    assert computed_named - computed_auto == before * (len(SIGMAS) - 1)
+    torch.testing.assert_close(auto, named, rtol=0, atol=1e-5 * named.abs().max().item())
+    assert (auto - plain).abs().max() > 1e-3 * plain.abs().max()
+    default = next(f for f in DIT_FAMILIES if f.matches(p.sd_model.forge_objects.unet.model.diffusion_model)).default_blocks
+    said = [record.getMessage() for record in caplog.records if record.getMessage().startswith("auto chose")]
+    if chosen == default:
+        assert said == []
+    else:  # once per sampling pass
+        assert len(said) == 1 and said[0].startswith(f"auto chose {chosen} on this ") and f"its default {default} is stated for" in said[0]
+
+
+@pytest.mark.parametrize("family", DIT_FAMILIES, ids=lambda family: family.name)
+def test_the_auto_rule_keeps_the_defaults_relative_depth_and_share_at_every_depth(family):
+    """For every block count up to past the reference depth (Flux's kinds independently): auto
+    selects something the model has, at least one block of each kind of the default; at or past the
+    reference, the default itself; below, each run of the default at the same relative depth
+    (within one block) covering the same share of the list (within half a block, at least one)."""
+    default = {(kind, first, last) for kind, first, last in block_runs(resolve_blocks(family.default_blocks, family.reference_depths))}
+    kinds = list(family.reference_depths)
+    ranges = [range(1, family.reference_depths[kind] + 4) for kind in kinds]
+    for counts in (dict(zip(kinds, counts)) for counts in itertools.product(*ranges)):
+        spec = family.auto_spec(counts)
+        runs = block_runs(resolve_blocks(spec, counts))  # never refused
+        for kind, first, last in default:
+            count, reference = counts[kind], family.reference_depths[kind]
+            (start, end), = [(a, b) for k, a, b in runs if k == kind]
+            if count >= reference:
+                assert (start, end) == (first, last), (counts, spec)
+                continue
+            width = end - start + 1
+            assert abs((start + end + 1) / 2 / count - (first + last + 1) / 2 / reference) <= 1 / count, (counts, spec)
+            assert width == 1 or abs(width - (last - first + 1) * count / reference) <= 0.5, (counts, spec)
+            assert width >= 1
+
+
+def test_the_auto_blocks_leave_the_infotext_with_the_next_generation(neo):
+    """The X/Y/Z plot shares the infotext dict between cells: a cell with named blocks, or on a
+    model where ASAG does not apply, carries no auto blocks of the cell before."""
+    p = dit_p(neo, "flux")
+    start(neo, p, scale=2.0)
+    assert p.extra_generation_params[AUTO_BLOCKS_KEY] == "double 3-4, single 2"
+    neo.forge.end_job(p)
+    start(neo, p, scale=2.0, dit_layers="single 1")
+    assert AUTO_BLOCKS_KEY not in p.extra_generation_params
+    neo.forge.end_job(p)
+    start(neo, p, scale=2.0, dit_layers="auto")
+    assert AUTO_BLOCKS_KEY in p.extra_generation_params
+    neo.forge.end_job(p)
+    start(neo, p, scale=2.0, dit_layers="double 20")  # not applied: only the note
+    assert AUTO_BLOCKS_KEY not in p.extra_generation_params and NOTE_KEY in p.extra_generation_params
+    neo.forge.end_job(p)

@@ -16,6 +16,7 @@ they do not: the stand-in, as Neo and ComfyUI (linspace(0, n-1) - n//2), centres
 -(n//2) .. n//2, diffusers at -(n - n//2) .. n//2-1, one lower, while the text starts at n//2 in both;
 relative to the text the image sits one row and one column apart. Not exercised here."""
 import importlib
+import inspect
 
 import pytest
 import torch
@@ -69,3 +70,21 @@ def test_the_qwen_image_stand_in_computes_what_diffusers_qwen_image_computes(neo
     assert ours.shape == x.shape
     assert ours.abs().max() > 0.1
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_stand_in_is_built_at_qwen_images_real_shape_by_default(neo):
+    """Its defaults are Qwen-Image's, as Neo's QwenImageTransformer2DModel (5692d2d) and diffusers'
+    have them: 60 blocks of 24 heads of 128, the depth the family's ``auto`` is stated for."""
+    from diffusers import QwenImageTransformer2DModel
+
+    from asag.hosts.families.qwen import QWEN_IMAGE
+
+    def defaults(function):
+        return {name: p.default for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
+
+    ours = defaults(importlib.import_module("backend.nn.qwen").QwenImageTransformer2DModel.__init__)
+    theirs = defaults(QwenImageTransformer2DModel.__init__)
+    shared = set(ours) & set(theirs)
+    assert {"num_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim", "axes_dims_rope"} <= shared
+    assert {name: ours[name] for name in shared} == {name: theirs[name] for name in shared}
+    assert ours["num_layers"] == QWEN_IMAGE.reference_depths["blocks"] == 60

@@ -1,13 +1,15 @@
 """The ASAG block in headless Chromium, on each host's page (tests/ui/runner.py PAGES): the WebUI's
-gradio 3.41.2 (A1111), Forge's 4.40.0 (lllyasviel's Forge, Forge Neo, reForge) and Forge Classic's
-3.43.2, with javascript/ loaded the way they load it (after script.js and the host's own hints.js
-and inputAccordion.js, here faithful stand-ins in standin/js/; Forge's are the same files, Forge
-Classic has its own hints.js in standin/js/classic/): the
-accordion, the essentials in view and the rest in closed groups, every hint, the layer list, a
-paste, and a console free of errors.
+gradio 3.41.2 (A1111), Forge's 4.40.0 (lllyasviel's Forge and reForge; Forge Neo with its model
+selectors) and Forge Classic's 3.43.2, with javascript/ loaded the way they load it (after
+script.js and the host's own hints.js and inputAccordion.js, here faithful stand-ins in
+standin/js/; Forge's are the same files, Forge Classic has its own hints.js in
+standin/js/classic/): the accordion, the essentials in view and the rest in closed groups, every
+hint, the layer list, a paste, the Settings refresh on page load and a typed quicksetting, on Neo
+the block control that follows the selected model, and a console free of errors.
 
-Also writes the screenshots of the closed and the opened accordion: to docs/images/ when
-ASAG_UPDATE_SCREENSHOT=1, else to a temporary folder, so a test run leaves the repository as it was.
+Also writes the screenshots of the closed and the opened accordion (on Neo also with a
+transformer model selected): to docs/images/ when ASAG_UPDATE_SCREENSHOT=1, else to a temporary
+folder, so a test run leaves the repository as it was.
 """
 import os
 
@@ -15,8 +17,8 @@ import pytest
 
 from asag.params import ESSENTIAL, GROUPS, PARAMS, AsagParams
 
-from .cases import PASTED_FIELDS, TYPED_LAYERS
-from .runner import PAGES, ROOT, run_harness
+from .cases import PASTED_FIELDS, QUICKSETTING_VALUE, REFRESHED_VALUES, TYPED_DIT_LAYERS, TYPED_LAYERS
+from .runner import PAGES, ROOT, run_harness, shown_at_start, shown_group
 
 ACCORDION = "script_txt2img_asag_enabled"
 
@@ -25,12 +27,15 @@ def control_id(spec):
     return ACCORDION if spec.name == "enabled" else f"script_txt2img_asag_{spec.name}"
 
 
+_FOLDERS = {}  # one screenshot folder per page and session, so that the harness runs once per page
+
+
 @pytest.fixture(scope="module", params=sorted(PAGES))
 def page(request, tmp_path_factory):
     if os.environ.get("ASAG_UPDATE_SCREENSHOT") == "1":
         folder = os.path.join(ROOT, "docs", "images")
     else:
-        folder = str(tmp_path_factory.mktemp("ui"))
+        folder = _FOLDERS.setdefault(request.param, str(tmp_path_factory.mktemp("ui")))
     return request.param, run_harness(request.param, "browser", "--screenshot-dir", folder), folder
 
 
@@ -55,11 +60,11 @@ def test_console_has_no_errors(page):
 
 
 def test_opening_shows_the_essentials_only(page):
-    _, out, _ = page
+    host, out, _ = page
     assert out["all_hinted"], "hints.js did not give every label in view a title"
     for spec in PARAMS:
         control = out["controls"][control_id(spec)]
-        if spec.group == ESSENTIAL:
+        if shown_group(spec, host) == ESSENTIAL and shown_at_start(spec, host):
             assert control["present"] and control["visible"] and control["labelFound"], spec.name
             assert control["titles"] == [spec.help] * len(control["titles"]) and control["titles"], spec.name
         else:
@@ -69,11 +74,11 @@ def test_opening_shows_the_essentials_only(page):
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_other_control_is_in_its_group_with_its_hint(page, group):
-    _, out, _ = page
+    host, out, _ = page
     entry = out["groups"][group]
     assert entry["present"] and entry["open_before"] is False and entry["open_after"] is True
     assert entry["hinted"], f"the controls of {group} got no hints"
-    specs = [spec for spec in PARAMS if spec.group == group]
+    specs = [spec for spec in PARAMS if shown_group(spec, host) == group]
     assert specs
     for spec in specs:
         control = entry["controls"][control_id(spec)]
@@ -120,8 +125,45 @@ def test_the_accordion_is_the_enable_switch(page):
 
 def test_screenshots_written(page):
     host, out, folder = page
-    names = [os.path.join(folder, f"ui-{host}-{state}.png") for state in ("closed", "open")]
+    states = ("closed", "open", "transformer") if PAGES[host]["follows_model"] else ("closed", "open")
+    names = [os.path.join(folder, f"ui-{host}-{state}.png") for state in states]
     assert out.get("screenshots") == names
     for name in names:
         with open(name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_settings_refresh_on_page_load_reaches_the_page(page):
+    # changed after the page was built: the refresh on load (one event for every Settings control,
+    # the host's own as well) must show the current values; it fails whole if one update is refused
+    _, out, _ = page
+    assert out["settings_shown"] == {f"setting_{key}": str(value) for key, value in REFRESHED_VALUES.items()}
+
+
+def test_a_layer_list_typed_into_the_settings_is_stored(page):
+    _, out, _ = page
+    assert QUICKSETTING_VALUE not in next(spec for spec in PARAMS if spec.name == "layers").suggestions
+    assert out["quicksetting_stored"] == QUICKSETTING_VALUE
+
+
+FOLLOWING = [host for host, entry in PAGES.items() if entry["follows_model"]]
+
+
+@pytest.mark.parametrize("page", FOLLOWING, indirect=True)
+def test_on_neo_the_block_control_follows_the_model_without_a_reload(page):
+    neo_steps = page[1]["neo"]
+    layers, blocks = "script_txt2img_asag_layers", "script_txt2img_asag_dit_layers"
+    shown = {step: (controls[layers]["visible"], controls[blocks]["visible"]) for step, controls in neo_steps.items() if step != "args"}
+    assert shown == {"loaded": (True, False), "preset klein": (False, True), "checkpoint sdxl": (True, False),
+                     "checkpoint z-image": (False, True)}
+    # what the transformer control says: the model, its blocks, what auto selects on it
+    klein, z_image = neo_steps["preset klein"][blocks]["text"], neo_steps["checkpoint z-image"][blocks]["text"]
+    assert "Flux (flux2_klein_4b.safetensors): this model has double 0-4, single 0-19; auto selects " in klein
+    assert "Lumina 2 / Z-Image (z_image_turbo.safetensors): this model has refiner 0-1, layers 0-29; auto selects layers 7-9" in z_image
+
+
+@pytest.mark.parametrize("page", FOLLOWING, indirect=True)
+def test_on_neo_the_hidden_control_keeps_its_value_and_reaches_the_script(page):
+    neo_steps = page[1]["neo"]
+    assert neo_steps["args"] == AsagParams(enabled=True, dit_layers=TYPED_DIT_LAYERS).to_args()  # typed, then hidden
+    assert neo_steps["checkpoint z-image"]["script_txt2img_asag_dit_layers"]["value"] == TYPED_DIT_LAYERS  # shown again

@@ -1,12 +1,12 @@
 """The ASAG block built by asag.hosts.ui.build_ui under the WebUI's gradio (3.41.2), Forge's
 (4.40.0) and Forge Classic's (3.43.2), each in its own venv, with the matching InputAccordion stand-in; and the Settings
-options' controls built the way the Settings tab builds them."""
+options' controls built the way the Settings tab builds them (``described``: tests/ui/conftest.py)."""
 import pytest
 
 from asag.hosts import settings
 from asag.params import ESSENTIAL, GROUPS, PARAMS
 
-from .runner import PAGES, run_harness
+from .runner import PAGES, shown_at_start, shown_group
 
 TYPE_BY_KIND = {"bool": "Checkbox", "choices": "Radio", "range": "Slider", "suggestions": "Dropdown", "text": "Textbox"}
 
@@ -19,11 +19,6 @@ def _kind(spec):
     if spec.minimum is not None:
         return "range"
     return "suggestions" if spec.suggestions else "text"
-
-
-@pytest.fixture(scope="module", params=sorted(PAGES))
-def described(request):
-    return request.param, run_harness(request.param, "describe")
 
 
 def test_runs_the_gradio_the_host_pins(described):
@@ -41,7 +36,7 @@ def test_builds_without_warnings(described):
 
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
 def test_every_control_in_params_order_with_its_id_label_and_range(described, tab):
-    _, out = described
+    host, out = described
     values = out["settings_values"]
     components = out["tabs"][tab]["components"]
     assert len(components) == len(PARAMS)
@@ -52,7 +47,7 @@ def test_every_control_in_params_order_with_its_id_label_and_range(described, ta
             assert c["value"] is False
             continue
         assert c["type"] == TYPE_BY_KIND[_kind(spec)], spec.name
-        assert c["label"] == spec.label and c["visible"] is True
+        assert c["label"] == spec.label and c["visible"] is shown_at_start(spec, host)
         if spec.minimum is not None:
             assert (c["minimum"], c["maximum"], c["step"]) == (spec.minimum, spec.maximum, spec.step), spec.name
         if spec.choices or spec.suggestions:
@@ -65,15 +60,15 @@ def test_every_control_in_params_order_with_its_id_label_and_range(described, ta
 
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
 def test_essentials_in_view_and_the_rest_in_closed_groups_from_params(described, tab):
-    _, out = described
+    host, out = described
     structure = out["tabs"][tab]
-    assert structure["in_view"] == [f"script_{tab}_asag_{s.name}" for s in PARAMS if s.group == ESSENTIAL and s.name != "enabled"]
+    assert structure["in_view"] == [f"script_{tab}_asag_{s.name}" for s in PARAMS if shown_group(s, host) == ESSENTIAL and s.name != "enabled"]
     assert [g["label"] for g in structure["groups"]] == list(GROUPS)
     for group in structure["groups"]:
         assert group["open"] is False
         assert group["elem_id"] == f"script_{tab}_asag_group_" + {"Advanced": "advanced", "Hires. fix": "hires_fix",
                                                                    "Compatibility": "compatibility"}[group["label"]]
-        assert group["controls"] == [f"script_{tab}_asag_{s.name}" for s in PARAMS if s.group == group["label"]]
+        assert group["controls"] == [f"script_{tab}_asag_{s.name}" for s in PARAMS if shown_group(s, host) == group["label"]]
 
 
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
@@ -87,7 +82,7 @@ def test_the_accordion_is_the_enable_switch(described, tab):
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
 def test_the_page_config_carries_every_element(described, tab):
     """What gradio sends to the browser (its config), where ids and visibility must survive."""
-    _, out = described
+    host, out = described
     config = out["config"]
     hidden = config[f"script_{tab}_asag_enabled-checkbox"]
     assert (hidden["type"], hidden["visible"], hidden["value"]) == ("checkbox", False, False)
@@ -96,7 +91,7 @@ def test_the_page_config_carries_every_element(described, tab):
     assert "input-accordion" in accordion["elem_classes"]
     for spec in PARAMS[1:]:
         entry = config[f"script_{tab}_asag_{spec.name}"]
-        assert (entry["type"], entry["label"], entry["visible"]) == (TYPE_BY_KIND[_kind(spec)].lower(), spec.label, True)
+        assert (entry["type"], entry["label"], entry["visible"]) == (TYPE_BY_KIND[_kind(spec)].lower(), spec.label, shown_at_start(spec, host))
 
 
 def test_infotext_and_paste_fields_cover_every_control(described):
@@ -117,7 +112,9 @@ def test_settings_section_is_derived_from_params(described):
         assert entry["label"] == f"Default {spec.label}" and entry["default"] == spec.default
         assert spec.help in entry["comment"] and "Reload UI" in entry["comment"]
         made = entry["component"]
-        assert made["type"] == TYPE_BY_KIND[_kind(spec)] and made["value"] == spec.default
+        assert made["type"] == TYPE_BY_KIND[_kind(spec)] and made["value"] == out["settings_values"][key]
+        if spec.suggestions:  # offers the common values, takes any typed one
+            assert made["choices"] == list(spec.suggestions) and made["allow_custom_value"] is True
         if spec.minimum is not None:
             assert (made["minimum"], made["maximum"], made["step"]) == (spec.minimum, spec.maximum, spec.step)
     for option in settings.HOST_OPTIONS:

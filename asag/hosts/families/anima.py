@@ -10,14 +10,18 @@ self-attention holds no text, so ASAG there is the plain operator (asag/sinkhorn
 UNet.
 
 Default blocks: no attention or layer guidance has been published for Anima or Cosmos, so
-``blocks 7-9`` carries over the early-middle placement of Flux's and SD3.5's 7-9 (of 28 here).
+``blocks 7-9`` carries over the early-middle placement of Flux's and SD3.5's 7-9, stated for
+Anima's 28 blocks; ``auto`` fits it to a shallower model (``DitFamily.auto_spec``).
 """
 from __future__ import annotations
 
-from .base import DitFamily
+from .base import DitFamily, NeoModel
 
 ANIMA = DitFamily(
-    name="Anima", model_class="backend.nn.anima.Anima", block_lists=(("blocks", "blocks"),), attention_module="backend.nn.anima",
-    names_blocks=False, attention_part="self_attn", image_only=("blocks",),
+    name="Anima", block_lists=(("blocks", "blocks"),),
+    neo=NeoModel("backend.nn.anima.Anima", attention_module="backend.nn.anima", names_blocks=False),
+    attention_part="self_attn", image_only=("blocks",),
     default_blocks="blocks 7-9", default_source="the early-middle placement of SLG's 7-9 on Flux and SD3.5 (none published for Anima)",
+    reference_depths={"blocks": 28},
+    checkpoint_keys=("blocks.0.mlp.layer1.",),
 )

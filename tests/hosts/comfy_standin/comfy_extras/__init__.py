@@ -1,0 +1,1 @@
+# Stand-in package of Comfy-Org/ComfyUI comfy_extras/ at a125cd84b054a57729b5eecab930ca9408719832.

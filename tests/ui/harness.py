@@ -665,13 +665,15 @@ def browser(screenshot_dir: str | None, host: str) -> dict:
                 page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
                 return _wait(page, "#" + accordion_id + "-visible-checkbox", PlaywrightTimeout)
 
-            def hinted(entries) -> bool:
-                # hints.js applies titles 1 s after the page settles; wait (bounded) for every label
+            def unhinted(entries) -> list:
+                """The labels of ``entries`` still without a title. hints.js applies titles 1 s after
+                the page's last update, so on a loaded machine (pending events redraw their timers)
+                this waits, bounded, for every label."""
                 try:
-                    page.wait_for_function(ALL_HINTED_JS, arg=entries, timeout=30000)
-                    return True
+                    page.wait_for_function(ALL_HINTED_JS, arg=entries, timeout=60000)
+                    return []
                 except PlaywrightTimeout:
-                    return False
+                    return [entry for entry in entries if not page.evaluate(ALL_HINTED_JS, [entry])]
 
             def shot(name):
                 if screenshot_dir:
@@ -703,7 +705,7 @@ def browser(screenshot_dir: str | None, host: str) -> dict:
                     break
                 page.wait_for_timeout(100)
             result["quicksetting_stored"] = shared.opts.data.get(QUICKSETTINGS[0])
-            result["all_hinted"] = hinted([[accordion_id, ui.ACCORDION_LABEL]] + probes[ESSENTIAL])
+            result["unhinted"] = unhinted([[accordion_id, ui.ACCORDION_LABEL]] + probes[ESSENTIAL])
             result["globals"] = page.evaluate("() => ({titles: typeof titles === 'object' ? titles : null})")
             result["closed"] = _accordion_state(page, accordion_id)
             result["controls_closed"] = page.evaluate(BROWSER_REPORT_JS, probe)
@@ -723,7 +725,7 @@ def browser(screenshot_dir: str | None, host: str) -> dict:
                 group_elem = tab.elem_id(ui.group_id(group))
                 before = _header_open(page, group_elem)
                 page.click(f"#{group_elem} .label-wrap")
-                entry = {"present": before is not None, "open_before": before, "hinted": hinted(probes[group])}
+                entry = {"present": before is not None, "open_before": before, "unhinted": unhinted(probes[group])}
                 entry["open_after"] = _header_open(page, group_elem)
                 entry["controls"] = page.evaluate(BROWSER_REPORT_JS, probes[group])
                 result["groups"][group] = entry

@@ -47,6 +47,7 @@ def tiles_for(heads: int, rows: int, row_bytes: int, head_bytes: int, budget_byt
     return 1, max(1, min(rows, (budget_bytes - head_bytes) // row_bytes))
 
 
+@torch.no_grad()  # inference only, as asag.sinkhorn
 def joint_adversarial_attention(
     q: torch.Tensor,
     k: torch.Tensor,

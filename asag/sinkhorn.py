@@ -132,6 +132,7 @@ def layout_for(groups: int, n_q: int, n_k: int, on_cpu: bool, budget_bytes: int,
     return Layout(chunk, tile_rows, keep, max(kernel, LOG_FORM_TILES * chunk * n_k), value_block)
 
 
+@torch.no_grad()  # inference only: its in-place tiles would fail on inputs that require grad
 def adversarial_sinkhorn_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -150,7 +151,8 @@ def adversarial_sinkhorn_attention(
     are read in place, never copied whole). ``n_k`` may exceed ``n_q`` (reference-only appends keys).
     ``scale`` defaults to ``d ** -0.5``. ``budget_bytes`` bounds the plan's working set (see the
     module docstring). Returns ``(..., n_q, d_v)`` in ``q``'s dtype: ``out`` when given (any
-    strides, e.g. a slice of a larger output), else a new tensor.
+    strides, e.g. a slice of a larger output), else a new tensor. No gradient flows through it,
+    also where a sampler runs with autograd on (ComfyUI's UniPC outside ComfyUI's executor).
     """
     if iterations < 0 or int(iterations) != iterations:
         raise ValueError(f"iterations must be a whole number >= 0, got {iterations!r}")

@@ -63,8 +63,8 @@ def note_auto_blocks(p, params: AsagParams, family, kinds) -> None:
     chosen = family.auto_spec(kinds)
     p.extra_generation_params[infotext.AUTO_BLOCKS_KEY] = chosen
     if chosen != family.default_blocks:
-        reference = ", ".join(f"{count} {kind}" for kind, count in family.reference_depths.items())
-        logger.info("auto chose %s on this %s model (%s; its default %s is stated for %s blocks)", chosen, family.name,
+        reference = ", ".join(f"{kind} 0-{count - 1}" for kind, count in family.reference_depths.items())
+        logger.info("auto chose %s on this %s model (%s; its default %s is stated for a model with %s)", chosen, family.name,
                     describe_blocks(kinds), family.default_blocks, reference)
 
 

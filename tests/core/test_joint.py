@@ -198,3 +198,12 @@ def test_flux_shapes_stay_within_the_budget():
     cases.append(dict(op="joint", heads=1, n_txt=512, n_img=16384, d=128, dtype="bfloat16", budget_mib=16))
     ratios = {(r["n_img"], r["dtype"]): round(r["peak"] / (r["budget_mib"] * 2**20), 2) for r in measure_memory_cases(cases, "cpu")}
     assert all(ratio <= 1.25 for ratio in ratios.values()), ratios
+
+
+def test_inputs_that_require_grad_give_the_same_result():
+    """As test_sinkhorn's: a sampler running with autograd on hands over projections that require grad."""
+    q, k, v = projections(1, 2, 60, 32)
+    weights = torch.nn.Parameter(torch.eye(32))
+    out = joint_adversarial_attention(q @ weights, k @ weights, v @ weights, slice(12, None), iterations=2, budget_bytes=4096)
+    torch.testing.assert_close(out, joint_adversarial_attention(q, k, v, slice(12, None), iterations=2, budget_bytes=4096),
+                               atol=1e-6, rtol=0)

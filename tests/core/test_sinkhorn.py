@@ -382,3 +382,15 @@ def test_rejects_an_output_of_the_wrong_shape_or_dtype():
         asa(q, q, q, iterations=1, out=torch.empty(2, 4, 7))
     with pytest.raises(ValueError, match="out must be"):
         asa(q, q, q, iterations=1, out=torch.empty(2, 4, 8, dtype=torch.float16))
+
+
+def test_inputs_that_require_grad_give_the_same_result():
+    """A sampler may run the model with autograd on (ComfyUI's UniPC, called outside ComfyUI's
+    executor, which otherwise wraps every node in inference mode): the projections then require
+    grad, and the operator must still compute, streamed and kept alike."""
+    q, k, v = (rand(2, 64, 16, seed=seed) for seed in range(3))
+    for budget in (sinkhorn.MEMORY_BUDGET_BYTES, 16 * 1024):
+        expected = asa(q, k, v, iterations=2, budget_bytes=budget)
+        weights = torch.nn.Parameter(torch.eye(16))
+        out = asa(q @ weights, k @ weights, v @ weights, iterations=2, budget_bytes=budget)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)

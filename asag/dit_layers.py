@@ -60,10 +60,15 @@ def spec_of(blocks: Iterable[DitBlock]) -> str:
     return ", ".join(f"{kind} {first}" if first == last else f"{kind} {first}-{last}" for kind, first, last in block_runs(blocks))
 
 
+def block_ranges(kinds: Mapping[str, int]) -> str:
+    """Every block of a model with ``kinds`` (count per kind), e.g. ``double 0-18, single 0-37``."""
+    return ", ".join(f"{kind} 0-{count - 1}" if count > 1 else f"{kind} 0" for kind, count in kinds.items() if count)
+
+
 def describe_blocks(kinds: Mapping[str, int]) -> str:
     """What a model has, e.g. ``this model has double 0-18, single 0-37``."""
-    present = [f"{kind} 0-{count - 1}" if count > 1 else f"{kind} 0" for kind, count in kinds.items() if count]
-    return "this model has " + ", ".join(present) if present else "this model has no blocks ASAG can perturb"
+    present = block_ranges(kinds)
+    return f"this model has {present}" if present else "this model has no blocks ASAG can perturb"
 
 
 def _items(spec: str) -> list[str]:

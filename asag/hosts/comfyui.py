@@ -45,6 +45,7 @@ from ..log import logger
 from ..params import AsagParams
 from ..reuse import BlockReuse, remove_leftovers
 from . import comfyui_dit, families, job
+from .families.base import class_name
 from .patcher_protocol import cond_rows, context_as_recorded, sinkhorn_attn1, unet_host_blocks
 
 OWNER_KEY = "asag"  # the key of ASAG's wrappers on the model patcher
@@ -61,8 +62,7 @@ def patch(model, params: AsagParams, reuse: bool = True):
     if params.scale == 0:
         return model
     diffusion_model = model.get_model_object("diffusion_model")
-    cls = type(diffusion_model)
-    if f"{cls.__module__}.{cls.__qualname__}" == UNET_CLASS:
+    if class_name(diffusion_model) == UNET_CLASS:
         perturbation = UnetPerturbation(params, diffusion_model)
         host = unet_host_blocks(importlib.import_module(UNET_MODULE), through_function=True)
     else:
@@ -70,7 +70,7 @@ def patch(model, params: AsagParams, reuse: bool = True):
         if family is None:
             logger.warning("not applied: this is not a UNet model (SD1.x, SD2.x, SDXL) nor a transformer ASAG supports (%s): the "
                            "model is %s; the image is made as without the node",
-                           ", ".join(f.name for f in families.COMFYUI_FAMILIES), cls.__name__)
+                           ", ".join(f.name for f in families.COMFYUI_FAMILIES), type(diffusion_model).__name__)
             return model
         if not hasattr(comfy.ldm.modules.attention, "wrap_attn"):
             logger.warning("not applied: this ComfyUI is too old for ASAG on transformer models (%s): its attention has no "

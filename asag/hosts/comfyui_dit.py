@@ -97,7 +97,7 @@ class DitPerturbation:
             yield options
         finally:
             for target, forward in reversed(forwards):
-                forge_dit._remove(target, forward)
+                forge_dit.remove_forward(target, forward)
 
     def _named(self, options: dict) -> tuple | None:
         """The block ComfyUI names in ``options`` (``block_type`` / ``block_index``), if any."""
@@ -147,7 +147,7 @@ class DitPerturbation:
         def after(args, kwargs):
             marks.pop().__exit__(None, None, None)
 
-        return forge_dit._wrap_forward(module, before, after)
+        return forge_dit.wrap_forward(module, before, after)
 
     def _override(self, previous):
         def asag_attention_override(func, *args, **kwargs):

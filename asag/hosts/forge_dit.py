@@ -115,13 +115,13 @@ class DitPerturbation:
         running = []  # the selected block running now, where the model does not name its blocks
         ours = self._attention_function(original, text_tokens, running, observe)
         module.attention_function = ours
-        forwards = [(self.model, _wrap_forward(self.model, lambda args, kwargs: text_tokens.append(_context(args, kwargs).shape[1])))]
+        forwards = [(self.model, wrap_forward(self.model, lambda args, kwargs: text_tokens.append(_context(args, kwargs).shape[1])))]
         if not self.family.neo.names_blocks:  # mark each selected block (or its self-attention) running
             part = self.family.attention_part
             for address, block in self.family.blocks(self.model):
                 if address in self.selected:
                     attending = getattr(block, part) if part else block
-                    forwards.append((attending, _wrap_forward(attending, lambda args, kwargs, address=address: running.append(address),
+                    forwards.append((attending, wrap_forward(attending, lambda args, kwargs, address=address: running.append(address),
                                                               lambda args, kwargs: running.pop())))
         try:
             yield model_options
@@ -129,7 +129,7 @@ class DitPerturbation:
             if module.attention_function is ours:
                 module.attention_function = original
             for owner, forward in reversed(forwards):
-                _remove(owner, forward)
+                remove_forward(owner, forward)
 
     def _attention_function(self, original, text_tokens: list, running: list, observe):
         params, family, selected = self.params, self.family, self.selected
@@ -164,7 +164,7 @@ def _context(args: tuple, kwargs: dict):
     return kwargs.get("context", args[2] if len(args) > 2 else None)
 
 
-def _wrap_forward(module, before, after=None):
+def wrap_forward(module, before, after=None):
     """Put a forward on ``module`` that calls ``before(args, kwargs)``, the module's own forward,
     then ``after(args, kwargs)``."""
     previous = vars(module).get("forward")  # reuse's guard, or another extension's forward
@@ -182,7 +182,9 @@ def _wrap_forward(module, before, after=None):
     return forward
 
 
-def _remove(module, forward) -> None:
+def remove_forward(module, forward) -> None:
+    """Takes ``forward`` (from ``wrap_forward``) off ``module`` where it is still the module's,
+    putting back the forward it wrapped."""
     if vars(module).get("forward") is not forward:
         return
     previous = getattr(forward, WRAPPER_ATTR)

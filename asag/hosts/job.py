@@ -3,7 +3,7 @@ X/Y/Z overrides), choosing the settings of each sampling pass, and reporting why
 apply or cannot act. Nothing here changes a model."""
 from __future__ import annotations
 
-from ..dit_layers import describe_blocks, is_auto
+from ..dit_layers import block_ranges, describe_blocks, is_auto
 from ..layers import single_token_only
 from ..log import logger
 from ..params import NOTE_KEY, PARAMS, AsagParams
@@ -63,9 +63,8 @@ def note_auto_blocks(p, params: AsagParams, family, kinds) -> None:
     chosen = family.auto_spec(kinds)
     p.extra_generation_params[infotext.AUTO_BLOCKS_KEY] = chosen
     if chosen != family.default_blocks:
-        reference = ", ".join(f"{kind} 0-{count - 1}" for kind, count in family.reference_depths.items())
         logger.info("auto chose %s on this %s model (%s; its default %s is stated for a model with %s)", chosen, family.name,
-                    describe_blocks(kinds), family.default_blocks, reference)
+                    describe_blocks(kinds), family.default_blocks, block_ranges(family.reference_depths))
 
 
 def acts_at(p, params: AsagParams, diffusion_model, selected, latent) -> bool:

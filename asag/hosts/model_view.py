@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..dit_layers import describe_blocks
+from ..dit_layers import block_ranges, describe_blocks
 from . import detect
 from .families import FAMILIES, DitFamily, family_for
 from .families.anima import ANIMA
@@ -66,9 +66,9 @@ def unet_view(name: str) -> ModelView:
 def family_view(family: DitFamily, kinds: Mapping[str, int] | None, name: str, why_no_counts: str = "") -> ModelView:
     """``kinds``: the model's block count per kind; None where unknown (``why_no_counts``)."""
     if kinds is None:
-        reference = describe_blocks(family.reference_depths).replace("this model has", "a model with", 1)
         return ModelView(False, True, f"{family.name} ({name}; {why_no_counts}): auto selects {family.default_blocks}, stated "
-                                      f"for {reference}; the same relative depth on one with fewer.")
+                                      f"for a model with {block_ranges(family.reference_depths)}; the same relative depth on one "
+                                      "with fewer.")
     auto = family.auto_spec(kinds)
     chosen = f"auto selects {auto}" if auto else f"auto has no block to choose here (the default is {family.default_blocks})"
     return ModelView(False, True, f"{family.name} ({name}): {describe_blocks(kinds)}; {chosen}.")
@@ -151,7 +151,7 @@ def follows_model(host: str) -> bool:
     if host != detect.FORGE:
         return False
     for family in FAMILIES:
-        if not detect.importable(family.attention_module):
+        if not detect.importable(family.neo.attention_module):
             continue
         try:
             family.check_host()

@@ -98,18 +98,13 @@ class DitFamily:
     def __post_init__(self):
         resolve_blocks(self.default_blocks, self.reference_depths, f"{self.name} default_blocks")  # data checked at import
 
-    @property
-    def attention_module(self) -> str:
-        """Neo's attention module (``NeoModel.attention_module``)."""
-        return self.neo.attention_module
-
     def matches(self, diffusion_model) -> bool:
         """Whether ``diffusion_model`` is Neo's model of this family."""
-        return self.neo is not None and _class_name(diffusion_model) == self.neo.model_class
+        return self.neo is not None and class_name(diffusion_model) == self.neo.model_class
 
     def matches_comfyui(self, diffusion_model) -> bool:
         """Whether ``diffusion_model`` is ComfyUI's model of this family."""
-        return self.comfyui is not None and _class_name(diffusion_model) == self.comfyui.model_class
+        return self.comfyui is not None and class_name(diffusion_model) == self.comfyui.model_class
 
     def check_host(self) -> None:
         """Raises ``ValueError`` where Neo's code for this family does not pass the attention its
@@ -198,6 +193,7 @@ def _round_half_up(value: Fraction) -> int:
     return math.floor(value + Fraction(1, 2))
 
 
-def _class_name(module) -> str:
+def class_name(module) -> str:
+    """``module.Class`` of ``module``'s class, as the hosts' model classes are named here."""
     cls = type(module)
     return f"{cls.__module__}.{cls.__qualname__}"
